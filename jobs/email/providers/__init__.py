@@ -1,0 +1,1 @@
+"""Email providers: one module each, behind the contract of base.py."""

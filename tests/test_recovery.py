@@ -1,0 +1,103 @@
+"""Work held by a dead worker comes back promptly; a worker over its memory ceiling is replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.daemon import Daemon, daemon_env
+from tests.helpers import wait_for
+from tests.redis_server import RedisServer
+from worker.daemon import EXIT_RECYCLE, WorkerProcesses
+from worker.middleware.maintenance import Maintenance
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+def test_work_held_by_a_killed_worker_is_done_within_60s(own_redis: RedisServer, tmp_path: Path) -> None:
+    """SIGKILL a worker process mid-job: its jobs are back in the queue and done within 60 s (defaults)."""
+    data_dir = tmp_path / "var"
+    env = daemon_env(data_dir, own_redis.url, TASKMASTER_JOB_MODULES="jobs.email,tests.slowjobs")
+    daemon = Daemon(env, tmp_path).start()
+    try:
+        client = redis.Redis.from_url(own_redis.url)
+        for key in ("a", "b"):
+            client.xadd("taskmaster:intake", {"job": json.dumps({"type": "test.slow", "data": {"key": key}})})
+        marks = data_dir / "marks"
+        wait_for(lambda: len(list(marks.glob("started-*"))) == 2, timeout_s=20, what="both jobs to start")
+        assert daemon.process is not None
+        (worker_pid,) = [p for p in children_of(daemon.process.pid)]
+        os.kill(worker_pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        (marks / "release").touch()
+        wait_for(
+            lambda: (marks / "done-a").exists() and (marks / "done-b").exists(),
+            timeout_s=60,
+            interval_s=0.2,
+            what="the killed worker's jobs to be done by another",
+        )
+        assert time.monotonic() - killed_at < 60
+        assert len(list(marks.glob("started-*"))) == 4  # each ran again exactly once
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_memory_ceiling_asks_for_a_fresh_process(redis_url: str) -> None:
+    """A worker whose RSS passes the ceiling calls for recycling, once."""
+    from dramatiq.brokers.redis import RedisBroker
+
+    calls: list[int] = []
+    broker = RedisBroker(url=redis_url, namespace="t")
+    maintenance = Maintenance(
+        queues=["default"], interval_s=0.01, memory_limit_mb=1, on_memory_limit=lambda: calls.append(1)
+    )
+    maintenance.after_worker_boot(broker, None)
+    try:
+        wait_for(lambda: calls, timeout_s=5, what="the ceiling to be noticed")
+        time.sleep(0.1)
+    finally:
+        maintenance.before_worker_shutdown(broker, None)
+    assert calls == [1]
+
+
+def test_a_recycled_worker_process_is_replaced(tmp_path: Path) -> None:
+    """The supervisor starts a new worker process when one exits asking to be recycled."""
+
+    class Fake(WorkerProcesses):
+        spawned = 0
+
+        def _spawn(self):  # type: ignore[no-untyped-def]
+            import subprocess
+
+            Fake.spawned += 1
+            code = EXIT_RECYCLE if Fake.spawned == 1 else 0
+            if Fake.spawned > 1:
+                return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+            return subprocess.Popen([sys.executable, "-c", f"raise SystemExit({code})"])
+
+    workers = Fake(count=1, threads=1, env=dict(os.environ))
+    workers.start()
+    workers.children[0].wait()
+    workers.check()
+    assert Fake.spawned == 2 and workers.alive() == 1
+    workers.stop(timeout_s=5)
+    assert workers.alive() == 0

@@ -1,0 +1,146 @@
+"""Jobs from intake through Dramatiq workers in this process, against a real Redis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from dramatiq import Worker
+
+from tests.helpers import events, wait_for
+from tests.jobtypes import Anything, registered
+from worker.broker import build_broker
+from worker.context import JobContext
+from worker.errors import NotReady
+from worker.intake import Intake
+from worker.registry import JobType, load_job_modules
+from worker.runtime import Runtime
+from worker.settings import Settings, load_settings
+
+
+class Harness:
+    def __init__(self, settings: Settings) -> None:
+        self.runtime = Runtime(settings, load_job_modules(settings.job_modules))
+        self.intake = Intake(self.runtime, "test")
+        self.intake.ensure_group()
+        self.broker = build_broker(self.runtime)
+        self.worker = Worker(self.broker, worker_threads=2, worker_timeout=50)
+
+    def submit(self, client: redis.Redis, job: dict[str, Any]) -> str:
+        entry = client.xadd("taskmaster:intake", {"job": json.dumps(job)}).decode()
+        self.intake.poll_once(block_ms=10)
+        return entry
+
+    def close(self) -> None:
+        self.worker.stop(timeout=5000)
+        self.broker.close()
+        self.runtime.close()
+
+
+@pytest.fixture
+def harness_env(env: dict[str, str]) -> dict[str, str]:
+    return {**env, "TASKMASTER_JOB_MIN_BACKOFF": "0.05", "TASKMASTER_JOB_MAX_RETRIES": "2"}
+
+
+@pytest.fixture
+def harness(harness_env: dict[str, str]) -> Iterator[Harness]:
+    h = Harness(load_settings(harness_env))
+    h.worker.start()
+    yield h
+    h.close()
+
+
+def test_email_send_writes_an_eml_and_reports_it(harness: Harness, redis_client: redis.Redis) -> None:
+    """email.send ends as an RFC 5322 file in the outbox and an email.sent event with id and entry."""
+    entry = harness.submit(
+        redis_client,
+        {
+            "type": "email.send",
+            "id": "welcome-1",
+            "data": {"to": "a@example.com", "subject": "Hi", "text": "Hello"},
+        },
+    )
+    outbox: Path = harness.runtime.settings.outbox_dir
+    (path,) = wait_for(lambda: list(outbox.glob("*.eml")), what="the .eml file")
+    text = path.read_text()
+    assert "Subject: Hi" in text and "To: a@example.com" in text and "Hello" in text
+    assert "From: taskmaster-worker@example.com" in text
+    (event,) = wait_for(lambda: [e for e in events(redis_client) if e["type"] == "email.sent"])
+    assert event["data"]["id"] == "welcome-1" and event["data"]["entry"] == entry
+    assert event["data"]["provider"] == "outbox"
+
+
+def test_a_failing_job_ends_in_the_dead_letters_with_an_event(
+    harness_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """After its retries a failing job is dead-lettered and reported as job.dead."""
+
+    def fail(ctx: JobContext, data: Anything) -> None:
+        raise RuntimeError("provider said no, token=abcdef123456")
+
+    with registered(JobType("test.fail", Anything, fail)):
+        h = Harness(load_settings(harness_env))
+        h.worker.start()
+        try:
+            entry = h.submit(redis_client, {"type": "test.fail", "id": "f1", "data": {}})
+            dead = wait_for(
+                lambda: [e for e in events(redis_client) if e["type"] == "job.dead"], timeout_s=15
+            )
+        finally:
+            h.close()
+    data = dead[0]["data"]
+    assert data["job_type"] == "test.fail" and data["id"] == "f1" and data["entry"] == entry
+    assert "RuntimeError: provider said no" in data["error"]
+    assert "abcdef123456" not in data["error"]
+    assert redis_client.zcard("taskmaster:dq:default.XQ") == 1
+
+
+def test_not_ready_is_retried_until_it_is(harness_env: dict[str, str], redis_client: redis.Redis) -> None:
+    """A job whose prerequisite is not there yet is retried, beyond the failure retry count."""
+    attempts: list[int] = []
+
+    def needs_user(ctx: JobContext, data: Anything) -> None:
+        attempts.append(ctx.retries)
+        if len(attempts) < 5:
+            raise NotReady("user u1 is not known yet")
+
+    with registered(JobType("test.needs_user", Anything, needs_user)):
+        h = Harness(load_settings({**harness_env, "TASKMASTER_JOB_MIN_BACKOFF": "0.01"}))
+        h.worker.start()
+        try:
+            h.submit(redis_client, {"type": "test.needs_user", "data": {}})
+            wait_for(lambda: len(attempts) >= 5, timeout_s=20, what="five attempts")
+            h.worker.join()
+        finally:
+            h.close()
+    assert attempts == [0, 1, 2, 3, 4]
+    assert not [e for e in events(redis_client) if e["type"] == "job.dead"]
+
+
+def test_not_ready_past_its_age_fails_with_an_event(
+    harness_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """A prerequisite that never comes ends the job in the dead letters with job.dead."""
+
+    def never(ctx: JobContext, data: Anything) -> None:
+        raise NotReady("user u2 is not known yet")
+
+    settings = load_settings(
+        {**harness_env, "TASKMASTER_NOT_READY_MAX_AGE": "0.3", "TASKMASTER_JOB_MIN_BACKOFF": "0.05"}
+    )
+    with registered(JobType("test.never", Anything, never)):
+        h = Harness(settings)
+        h.worker.start()
+        try:
+            h.submit(redis_client, {"type": "test.never", "data": {}})
+            dead = wait_for(
+                lambda: [e for e in events(redis_client) if e["type"] == "job.dead"], timeout_s=15
+            )
+        finally:
+            h.close()
+    assert "user u2 is not known yet" in dead[0]["data"]["error"]
+    assert "still not ready" in dead[0]["data"]["error"]

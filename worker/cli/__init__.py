@@ -1,0 +1,1 @@
+"""The `taskmaster-worker` command line: one module per command group."""

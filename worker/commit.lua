@@ -1,0 +1,44 @@
+-- Hands validated jobs to their Dramatiq queues and settles their intake entries, atomically:
+-- a job is enqueued exactly when its entry is acknowledged, and a job whose idempotency key
+-- was already taken is acknowledged without being enqueued again.
+--
+-- KEYS: none by name (the keys of each record are in ARGV; one Redis, no cluster slots).
+-- ARGV[1] intake stream key        ARGV[2] consumer group
+-- ARGV[3] rejected stream key      ARGV[4] rejected stream max length (approximate)
+-- ARGV[5] idempotency TTL (ms)
+-- ARGV[6..] records of 7 fields each:
+--   "job",    entry id or "", idempotency key or "", queue list key, queue hash key, message id, message
+--   "reject", entry id, original job text, error, "", "", ""
+-- Returns one integer per record: 1 enqueued, 0 duplicate (acknowledged only), 2 rejected.
+local intake, group, rejected = ARGV[1], ARGV[2], ARGV[3]
+local rejected_maxlen, idem_ttl = ARGV[4], ARGV[5]
+local out = {}
+local i = 6
+while i <= #ARGV do
+  local kind, entry = ARGV[i], ARGV[i + 1]
+  local result
+  if kind == "job" then
+    local idem, queue, msgs, message_id, message = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+    local fresh = true
+    if idem ~= "" then
+      fresh = redis.call("set", idem, entry ~= "" and entry or message_id, "NX", "PX", idem_ttl)
+    end
+    if fresh then
+      redis.call("hset", msgs, message_id, message)
+      redis.call("rpush", queue, message_id)
+      result = 1
+    else
+      result = 0
+    end
+  else
+    redis.call("xadd", rejected, "MAXLEN", "~", rejected_maxlen, "*",
+      "job", ARGV[i + 2], "error", ARGV[i + 3], "entry", entry)
+    result = 2
+  end
+  if entry ~= "" then
+    redis.call("xack", intake, group, entry)
+  end
+  out[#out + 1] = result
+  i = i + 7
+end
+return out

@@ -1,0 +1,37 @@
+"""What a job handler is given: the job's identity and the process's services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from worker.events import JobRef
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class JobContext:
+    runtime: Runtime
+    job: JobRef
+    # Milliseconds since the epoch when the host submitted the job (its intake entry's time).
+    submitted_ms: int
+    # 0 on the first attempt, then the number of retries so far.
+    retries: int
+    message_id: str
+
+    @property
+    def settings(self) -> Any:
+        return self.runtime.settings
+
+    def emit(self, event_type: str, data: dict[str, Any]) -> None:
+        """Report an outcome on the events stream, tagged with this job's id and entry."""
+        self.runtime.events.publish(event_type, data, job=self.job)
+
+    @property
+    def idempotency_key(self) -> str:
+        """A key stable across retries and redeliveries of this job: the host's id or the entry."""
+        if self.job.id is not None:
+            return f"id:{self.job.id}"
+        return f"entry:{self.job.entry or self.message_id}"

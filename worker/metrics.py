@@ -1,0 +1,41 @@
+"""Prometheus metrics of the runtime (jobs, intake, workers).
+
+Worker processes and the main process each count their own; with several processes the
+daemon sets PROMETHEUS_MULTIPROC_DIR before anything imports prometheus_client, and /metrics
+adds them up (prometheus_client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+JOBS_ACCEPTED = Counter("taskmaster_jobs_accepted_total", "Jobs accepted at intake", ["type"])
+JOBS_REJECTED = Counter("taskmaster_jobs_rejected_total", "Intake entries rejected", ["reason"])
+JOBS_DUPLICATE = Counter(
+    "taskmaster_jobs_duplicate_total", "Jobs whose id was already accepted (done once)", ["type"]
+)
+JOBS_PROCESSED = Counter("taskmaster_jobs_processed_total", "Jobs that ran to completion", ["type"])
+JOBS_FAILED = Counter("taskmaster_jobs_failed_total", "Job attempts that raised", ["type"])
+JOBS_RETRIED = Counter("taskmaster_jobs_retried_total", "Job attempts scheduled again", ["type"])
+JOBS_DEAD = Counter("taskmaster_jobs_dead_total", "Jobs moved to the dead letters", ["type"])
+START_LATENCY = Histogram(
+    "taskmaster_job_start_latency_seconds",
+    "From submission (intake entry time) to the start of the first attempt",
+    ["queue"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+INTAKE_BATCH = Histogram(
+    "taskmaster_intake_batch_entries",
+    "Entries handled per intake round trip",
+    buckets=(1, 10, 50, 100, 200, 500),
+)
+INTAKE_CLAIMED = Counter(
+    "taskmaster_intake_claimed_total", "Entries claimed again from a consumer that stopped"
+)
+WORKER_RECYCLED = Counter(
+    "taskmaster_worker_recycled_total", "Worker processes recycled for passing the memory ceiling"
+)
+REQUEUED_FROM_DEAD_WORKERS = Counter(
+    "taskmaster_maintenance_passes_total", "Maintenance passes returning dead workers' messages"
+)
+REDIS_UP = Gauge("taskmaster_redis_up", "1 when Redis answered the last check", multiprocess_mode="liveall")

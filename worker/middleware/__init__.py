@@ -1,0 +1,1 @@
+"""Dramatiq middleware of the runtime: one concern per module."""

@@ -1,0 +1,75 @@
+"""One worker process: a Dramatiq worker running the actors of every job type.
+
+Started by the daemon (worker/daemon.py) as ``python -m worker.process THREADS``; it reads the
+same settings from the environment it inherits. SIGTERM: stop fetching, finish or return what is
+in flight within TASKMASTER_SHUTDOWN_TIMEOUT, exit 0. Exit status 75 asks the daemon for a fresh
+process (the memory ceiling was passed); the daemon starts one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+
+from dramatiq import Worker
+
+from worker.broker import build_broker
+from worker.daemon import EXIT_RECYCLE
+from worker.errors import ConfigError
+from worker.logging import configure_logging, get_logger
+from worker.registry import load_job_modules
+from worker.runtime import Runtime
+from worker.settings import load_settings
+
+_PR_SET_PDEATHSIG = 1
+
+log = get_logger(__name__)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM when the daemon dies, even by SIGKILL, so no worker is orphaned."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def main(threads: int) -> int:
+    _die_with_parent()
+    parent = os.getppid()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"taskmaster-worker: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    runtime = Runtime(settings, load_job_modules(settings.job_modules))
+    stop = threading.Event()
+    recycle = threading.Event()
+
+    def on_memory_limit() -> None:
+        recycle.set()
+        stop.set()
+
+    broker = build_broker(runtime, on_memory_limit=on_memory_limit)
+    worker = Worker(broker, worker_threads=threads, worker_timeout=100)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    worker.start()
+    log.info("worker.started", pid=os.getpid(), threads=threads)
+    while not stop.wait(1.0):
+        if os.getppid() != parent:  # the daemon vanished and no death signal came
+            break
+    log.info("worker.stopping", pid=os.getpid(), recycle=recycle.is_set())
+    worker.stop(timeout=int(settings.shutdown_timeout * 1000))
+    broker.close()
+    runtime.close()
+    return EXIT_RECYCLE if recycle.is_set() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 8))

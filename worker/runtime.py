@@ -1,0 +1,47 @@
+"""The services of one process, built once from the settings and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import redis
+
+from worker.events import Events
+from worker.keys import Keys
+from worker.redis_conn import connect, redis_url
+from worker.registry import Registry
+from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    registry: Registry
+    redis: redis.Redis = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.redis = connect(redis_url(self.settings))
+
+    @cached_property
+    def keys(self) -> Keys:
+        return Keys(self.settings.redis_prefix)
+
+    @cached_property
+    def events(self) -> Events:
+        return Events(self.redis, self.keys, self.settings.events_maxlen)
+
+    @cached_property
+    def db(self) -> Engine:
+        from worker.db.session import make_engine
+
+        return make_engine(self.settings.sqlalchemy_url)
+
+    def close(self) -> None:
+        self.redis.close()
+        if "db" in self.__dict__:
+            self.db.dispose()

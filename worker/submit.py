@@ -1,0 +1,156 @@
+"""Handing jobs to Dramatiq queues: the one path from intake and the scheduler to the workers.
+
+Dramatiq's Redis broker enqueues with HSET ``<ns>:<queue>.msgs`` and RPUSH ``<ns>:<queue>``.
+We write those two keys ourselves, inside one Lua script with the intake acknowledgement and
+the idempotency key, because a crash between separate calls would either lose a job (key set,
+message not queued) or run it twice (queued, entry not acknowledged). ``tests/test_commit.py``
+proves Dramatiq's own workers consume what this writes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+
+from worker.keys import Keys
+from worker.registry import QUEUE_PRIORITY, JobType
+
+_SCRIPT = resources.files("worker").joinpath("commit.lua").read_text()
+ENQUEUED, DUPLICATE, REJECTED = 1, 0, 2
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One record for the commit script: a job to enqueue, or an entry to reject."""
+
+    kind: str  # "job" or "reject"
+    entry: str
+    fields: tuple[str | bytes, ...]
+
+
+def build_message(
+    job_type: JobType[Any],
+    data: dict[str, Any],
+    *,
+    queue: str,
+    job_id: str | None,
+    entry: str | None,
+    submitted_ms: int,
+    schedule: str | None = None,
+) -> tuple[str, str]:
+    """Return (redis message id, encoded Dramatiq message) for one job.
+
+    ``schedule`` names the schedules.yaml entry that fired the job, if any.
+    """
+    message_id = str(uuid.uuid4())
+    job: dict[str, Any] = {"type": job_type.name, "id": job_id, "entry": entry, "submitted_ms": submitted_ms}
+    if schedule is not None:
+        job["schedule"] = schedule
+    options: dict[str, Any] = {"redis_message_id": message_id, "job": job}
+    message = {
+        "queue_name": queue,
+        "actor_name": job_type.actor_name(queue),
+        "args": [],
+        "kwargs": {"data": data},
+        "options": options,
+        "message_id": message_id,
+        "message_timestamp": int(time.time() * 1000),
+    }
+    return message_id, json.dumps(message, separators=(",", ":"))
+
+
+def job_record(
+    keys: Keys,
+    job_type: JobType[Any],
+    data: dict[str, Any],
+    *,
+    queue: str,
+    idempotency_key: str | None,
+    job_id: str | None,
+    entry: str | None,
+    submitted_ms: int,
+    schedule: str | None = None,
+) -> Pending:
+    if queue not in QUEUE_PRIORITY:
+        raise ValueError(f"unknown queue {queue!r}")
+    message_id, message = build_message(
+        job_type, data, queue=queue, job_id=job_id, entry=entry, submitted_ms=submitted_ms, schedule=schedule
+    )
+    return Pending(
+        "job",
+        entry or "",
+        (
+            keys.idempotency(idempotency_key) if idempotency_key else "",
+            keys.queue(queue),
+            keys.queue_messages(queue),
+            message_id,
+            message,
+        ),
+    )
+
+
+def reject_record(entry: str, job_text: bytes | str, error: str) -> Pending:
+    return Pending("reject", entry, (job_text, error, "", "", ""))
+
+
+class Committer:
+    """Runs the commit script for a batch of records in one round trip."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, *, idempotency_ttl_s: float, rejected_maxlen: int):
+        self._script = client.register_script(_SCRIPT)
+        self._keys = keys
+        self._head = [
+            keys.intake,
+            keys.intake_group,
+            keys.rejected,
+            rejected_maxlen,
+            int(idempotency_ttl_s * 1000),
+        ]
+
+    def commit(self, records: list[Pending]) -> list[int]:
+        if not records:
+            return []
+        args: list[Any] = list(self._head)
+        for record in records:
+            args.append(record.kind)
+            args.append(record.entry)
+            args.extend(record.fields)
+        return [int(r) for r in self._script(keys=[], args=args)]
+
+
+def enqueue(
+    client: redis.Redis,
+    keys: Keys,
+    job_type: JobType[Any],
+    data: dict[str, Any],
+    *,
+    idempotency_key: str | None,
+    idempotency_ttl_s: float,
+    job_id: str | None = None,
+    schedule: str | None = None,
+) -> bool:
+    """Enqueue one job outside the intake (the scheduler's fires); False if the key was taken.
+
+    ``data`` must already be valid for ``job_type.model``. ``schedule`` names the firing entry:
+    the runtime deletes ``keys.schedule_running(schedule)`` when that job finishes (or dies).
+    """
+    queue = job_type.queue_for(job_type.model.model_validate(data))
+    record = job_record(
+        keys,
+        job_type,
+        data,
+        queue=queue,
+        idempotency_key=idempotency_key,
+        job_id=job_id,
+        entry=None,
+        submitted_ms=int(time.time() * 1000),
+        schedule=schedule,
+    )
+    committer = Committer(client, keys, idempotency_ttl_s=idempotency_ttl_s, rejected_maxlen=1000)
+    return committer.commit([record])[0] == ENQUEUED
