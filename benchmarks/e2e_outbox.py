@@ -165,7 +165,9 @@ def startup(work: Path) -> tuple[float, list[float]]:
     workdir = Path(tempfile.mkdtemp(prefix="tmw-bench-", dir="/tmp"))
     try:
         env = daemon_env(workdir / "var", None)
-        del env["TASKMASTER_DATA_DIR"]
+        # The embedded defaults: no data dir, processes or threads given.
+        for name in ("TASKMASTER_DATA_DIR", "TASKMASTER_PROCESSES", "TASKMASTER_THREADS"):
+            del env[name]
         # First run creates the SQLite schema; measure the second, as a service restarts.
         Daemon(env, workdir).start().stop()
         started = time.monotonic()

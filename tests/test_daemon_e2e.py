@@ -51,7 +51,12 @@ def test_contract_from_outside(own_redis: RedisServer, tmp_path: Path) -> None:
         assert len(rejected) == len(bad)
         assert all(fields["error"] and fields["entry"] for _, fields in rejected)
         status, body = daemon.get("/metrics")
-        assert status == 200 and "taskmaster_jobs_accepted_total" in body
+        assert status == 200
+        assert 'taskmaster_jobs_accepted_total{type="email.send"} 6.0' in body
+        assert 'taskmaster_jobs_rejected_total{reason="not_json"} 1.0' in body
+        assert 'taskmaster_jobs_processed_total{type="email.send"} 6.0' in body
+        assert 'taskmaster_queue_depth{queue="default",state="ready"} 0.0' in body
+        assert "taskmaster_job_start_latency_seconds_bucket" in body
     finally:
         assert daemon.stop() == 0
 
@@ -187,3 +192,47 @@ def test_sigterm_drains_and_exits_zero(own_redis: RedisServer, tmp_path: Path) -
         wait_for(lambda: len(outbox(data_dir)) == 200, timeout_s=30, what="every job after the restart")
     finally:
         assert restarted.stop() == 0
+
+
+def test_invalid_schedule_edit_and_sighup_keep_the_old_schedule(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    """An invalid edit followed by SIGHUP is refused, reported by `status`, and the old entry keeps firing."""
+    import subprocess
+    import sys
+
+    schedules = tmp_path / "schedules.yaml"
+    schedules.write_text(
+        "timezone: UTC\nschedules:\n  ping:\n    job: email.send\n    every: 1s\n"
+        "    data: {to: ops@example.com, subject: ping, text: ping}\n    overlap: allow\n"
+    )
+    data_dir = tmp_path / "var"
+    env = daemon_env(data_dir, own_redis.url)
+    daemon = Daemon(env, tmp_path).start()
+    try:
+        wait_for(lambda: len(outbox(data_dir)) >= 2, timeout_s=15, what="the entry to fire")
+        schedules.write_text("timezone: UTC\nschedules:\n  ping:\n    job: no.such.job\n    every: 1s\n")
+        daemon.signal(signal.SIGHUP)
+
+        def status_output() -> str:
+            result = subprocess.run(
+                [sys.executable, "-m", "worker.cli.main", "status"],
+                env=env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            return result.stdout if "no.such.job" in result.stdout else ""
+
+        result = wait_for(
+            status_output, timeout_s=15, interval_s=0.3, what="status to show the refused reload"
+        )
+        assert "reload_error" in result
+        fired = len(outbox(data_dir))
+        wait_for(
+            lambda: len(outbox(data_dir)) >= fired + 2, timeout_s=15, what="the old entry to keep firing"
+        )
+        assert "schedule.reload_refused" in daemon.output() or "no.such.job" in daemon.output()
+    finally:
+        assert daemon.stop() == 0

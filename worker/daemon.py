@@ -146,10 +146,21 @@ class Daemon:
         assert self.runtime is not None
         runtime = self.runtime
         from worker.http import HttpServer
+        from worker.metrics import StateCollector
+        from worker.status import gather
 
         host, port = self.settings.http_host_port
+        state = StateCollector(
+            lambda: gather(
+                runtime.redis, runtime.keys, heartbeat_timeout_s=self.settings.worker_heartbeat_timeout
+            )
+        )
         self.http = HttpServer(
-            host, port, ready=self.readiness, multiproc_dir=self.environ.get("PROMETHEUS_MULTIPROC_DIR")
+            host,
+            port,
+            ready=self.readiness,
+            multiproc_dir=self.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+            collectors=[state],
         )
         self.http.start()
         if self.role in ("all", "intake"):

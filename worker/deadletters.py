@@ -26,7 +26,10 @@ class DeadLetter:
 
     @property
     def error(self) -> str:
-        trace = (self.message.get("options") or {}).get("traceback") or ""
+        options = self.message.get("options") or {}
+        if options.get("error"):
+            return str(options["error"])
+        trace = options.get("traceback") or ""
         lines = [line for line in trace.strip().splitlines() if line.strip()]
         return lines[-1] if lines else "(no error recorded)"
 
@@ -73,7 +76,7 @@ class DeadLetters:
                 continue
             message = dict(letter.message)
             options = dict(message.get("options") or {})
-            for stale in ("retries", "traceback", "requeue_timestamp", "eta", "max_retries"):
+            for stale in ("retries", "traceback", "requeue_timestamp", "eta", "max_retries", "error"):
                 options.pop(stale, None)
             message["options"] = options
             message["queue_name"] = letter.queue

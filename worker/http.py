@@ -17,13 +17,14 @@ import json
 import socket
 import socketserver
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from worker.logging import get_logger
 
@@ -46,6 +47,7 @@ class HttpServer:
         ready: ReadyCheck,
         registry: CollectorRegistry | None = None,
         multiproc_dir: str | None = None,
+        collectors: Sequence[Collector] = (),
     ) -> None:
         if registry is not None and multiproc_dir is not None:
             # In multiprocess mode this process's own metrics are in the files too: both would
@@ -60,6 +62,9 @@ class HttpServer:
 
             self._registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(self._registry, path=multiproc_dir)
+        # Values read at scrape time (queue depths from Redis), beside the counted ones.
+        for collector in collectors:
+            self._registry.register(collector)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 

@@ -7,7 +7,11 @@ adds them up (prometheus_client's multiprocess mode).
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 JOBS_ACCEPTED = Counter("taskmaster_jobs_accepted_total", "Jobs accepted at intake", ["type"])
 JOBS_REJECTED = Counter("taskmaster_jobs_rejected_total", "Intake entries rejected", ["reason"])
@@ -38,4 +42,41 @@ WORKER_RECYCLED = Counter(
 REQUEUED_FROM_DEAD_WORKERS = Counter(
     "taskmaster_maintenance_passes_total", "Maintenance passes returning dead workers' messages"
 )
-REDIS_UP = Gauge("taskmaster_redis_up", "1 when Redis answered the last check", multiprocess_mode="liveall")
+
+
+class StateCollector:
+    """Gauges read from Redis at scrape time: queue depths, dead letters, intake lag, workers."""
+
+    def __init__(self, gather: Callable[[], dict[str, Any]]) -> None:
+        self._gather = gather
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("taskmaster_redis_up", "1 when Redis answered this scrape")
+        try:
+            state = self._gather()
+        except Exception:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        depth = GaugeMetricFamily(
+            "taskmaster_queue_depth",
+            "Messages per queue: ready, delayed (retries) and dead",
+            labels=["queue", "state"],
+        )
+        for queue, counts in state["queues"].items():
+            for kind, value in counts.items():
+                depth.add_metric([queue, kind], value)
+        yield depth
+        intake = GaugeMetricFamily(
+            "taskmaster_intake_entries", "Intake entries unread or being settled", labels=["state"]
+        )
+        intake.add_metric(["unread"], state["intake"]["unread"])
+        intake.add_metric(["pending"], state["intake"]["pending"])
+        yield intake
+        yield GaugeMetricFamily(
+            "taskmaster_workers_alive",
+            "Worker processes with a recent heartbeat",
+            value=state["workers_alive"],
+        )

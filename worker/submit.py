@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
@@ -22,7 +22,9 @@ from worker.keys import Keys
 from worker.registry import QUEUE_PRIORITY, JobType
 
 _SCRIPT = resources.files("worker").joinpath("commit.lua").read_text()
-ENQUEUED, DUPLICATE, REJECTED = 1, 0, 2
+ENQUEUED, DUPLICATE, REJECTED, GUARDED = 1, 0, 2, 3
+Outcome = Literal["enqueued", "duplicate", "overlap"]
+_OUTCOMES: dict[int, Outcome] = {ENQUEUED: "enqueued", DUPLICATE: "duplicate", GUARDED: "overlap"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,9 @@ def job_record(
     entry: str | None,
     submitted_ms: int,
     schedule: str | None = None,
+    guard: tuple[str, float] | None = None,
 ) -> Pending:
+    """A job to enqueue; ``guard`` (key, TTL in seconds) skips it while the key is held, else sets it."""
     if queue not in QUEUE_PRIORITY:
         raise ValueError(f"unknown queue {queue!r}")
     message_id, message = build_message(
@@ -91,12 +95,14 @@ def job_record(
             keys.queue_messages(queue),
             message_id,
             message,
+            guard[0] if guard else "",
+            str(int(guard[1] * 1000)) if guard else "",
         ),
     )
 
 
 def reject_record(entry: str, job_text: bytes | str, error: str) -> Pending:
-    return Pending("reject", entry, (job_text, error, "", "", ""))
+    return Pending("reject", entry, (job_text, error, "", "", "", "", ""))
 
 
 class Committer:
@@ -134,12 +140,21 @@ def enqueue(
     idempotency_ttl_s: float,
     job_id: str | None = None,
     schedule: str | None = None,
-) -> bool:
-    """Enqueue one job outside the intake (the scheduler's fires); False if the key was taken.
+    overlap_guard_ttl_s: float | None = None,
+) -> Outcome:
+    """Enqueue one job outside the intake (the scheduler's fires).
 
-    ``data`` must already be valid for ``job_type.model``. ``schedule`` names the firing entry:
-    the runtime deletes ``keys.schedule_running(schedule)`` when that job finishes (or dies).
+    Returns "enqueued", "duplicate" (the idempotency key was taken) or "overlap". ``data`` must
+    already be valid for ``job_type.model``. ``schedule`` names the firing entry: the runtime
+    deletes ``keys.schedule_running(schedule)`` when that job finishes (or dies). With
+    ``overlap_guard_ttl_s``, that key is checked and set in the same atomic step: while it is
+    held the job is not enqueued ("overlap").
     """
+    guard = None
+    if overlap_guard_ttl_s is not None:
+        if schedule is None:
+            raise ValueError("an overlap guard needs the schedule entry's name")
+        guard = (keys.schedule_running(schedule), overlap_guard_ttl_s)
     queue = job_type.queue_for(job_type.model.model_validate(data))
     record = job_record(
         keys,
@@ -151,6 +166,7 @@ def enqueue(
         entry=None,
         submitted_ms=int(time.time() * 1000),
         schedule=schedule,
+        guard=guard,
     )
     committer = Committer(client, keys, idempotency_ttl_s=idempotency_ttl_s, rejected_maxlen=1000)
-    return committer.commit([record])[0] == ENQUEUED
+    return _OUTCOMES[committer.commit([record])[0]]

@@ -5,11 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
-from alembic.util import CommandError
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-
 from worker.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, die, settings_or_exit
-from worker.db import migrate
 from worker.settings import Settings
 
 EPILOG = """\
@@ -43,6 +39,12 @@ def register(subparsers: Any) -> None:
 
 
 def run_upgrade(args: argparse.Namespace) -> int:
+    # Imported here: alembic and SQLAlchemy cost every other command a quarter second.
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from worker.db import migrate
+
     settings = settings_or_exit()
     _ensure_data_dir(settings)
     try:
@@ -58,6 +60,10 @@ def run_upgrade(args: argparse.Namespace) -> int:
 
 
 def run_current(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from worker.db import migrate
+
     settings = settings_or_exit()
     try:
         status = migrate.schema_status(settings.sqlalchemy_url)
@@ -80,6 +86,8 @@ def _ensure_data_dir(settings: Settings) -> None:
 
 
 def _fail(exc: Exception) -> NoReturn:
+    from sqlalchemy.exc import DBAPIError
+
     if isinstance(exc, DBAPIError):
         # The driver's own message, not SQLAlchemy's rendering with the statement and its
         # parameters, which may hold personal data. Drivers never put the password in it.

@@ -120,7 +120,7 @@ def run_fire(args: argparse.Namespace) -> int:
             die(str(exc), EXIT_UNAVAILABLE)
     runtime = Runtime(settings, registry)
     try:
-        fresh = enqueue(
+        outcome = enqueue(
             runtime.redis,
             runtime.keys,
             job_type,
@@ -134,7 +134,7 @@ def run_fire(args: argparse.Namespace) -> int:
         runtime.close()
         if started and embedded is not None:
             embedded.shutdown()
-    if not fresh:
+    if outcome != "enqueued":
         die(f"{entry.name}: already fired with key {key}", EXIT_FAILURE)
     print(f"fired {entry.name}: job {entry.job} enqueued (idempotency key {key})")
     return EXIT_OK

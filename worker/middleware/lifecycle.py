@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from contextvars import ContextVar
 from typing import Any
@@ -80,6 +81,7 @@ class JobLifecycle(Middleware):
             error = redact_text(f"{type(exception).__name__}: {exception}")
         metrics.JOBS_DEAD.labels(ref.type).inc()
         log.error("job.dead", job_type=ref.type, job_id=ref.id, entry=ref.entry, error=error)
+        self._record_error(message, error)
         try:
             self.runtime.events.publish(
                 "job.dead",
@@ -92,6 +94,22 @@ class JobLifecycle(Middleware):
             )
         except Exception:
             log.exception("job.dead_event_failed", message_id=message.message_id)
+
+    def _record_error(self, message: MessageProxy, error: str) -> None:
+        """Write the error into the dead letter, which Dramatiq stores as first enqueued."""
+        queue = message.queue_name.removesuffix(".DQ")
+        key = self.runtime.keys.dead_letter_messages(queue)
+        redis_id = message.options.get("redis_message_id")
+        try:
+            raw = self.runtime.redis.hget(key, redis_id) if redis_id else None
+            if raw is None:
+                return
+            stored = json.loads(raw)
+            stored.setdefault("options", {})["error"] = error
+            stored["options"]["retries"] = message.options.get("retries", 0)
+            self.runtime.redis.hset(key, redis_id, json.dumps(stored, separators=(",", ":")))
+        except Exception:
+            log.warning("job.dead_error_not_recorded", message_id=message.message_id)
 
     def _clear_schedule_running(self, message: MessageProxy) -> None:
         schedule = (message.options.get("job") or {}).get("schedule")

@@ -3,17 +3,17 @@
 The idempotency key ``fire:<entry>:<scheduled time>`` makes a fire run once even when two
 daemons both believe they lead, or a new leader catches up a fire its predecessor had sent.
 
-Overlap ``skip``: before enqueueing, the fire sets ``keys.schedule_running(entry)`` (SET NX
-with a TTL) and the job carries ``schedule=<entry>``; the runtime's worker middleware deletes
-the key when the job finishes or dies. While the key exists, fires are skipped. The TTL is the
-job's time limit plus RUNNING_MARGIN_S, so a marker whose job vanished (a crash between the two
-writes) blocks the entry for at most that long. ``allow`` entries set no marker.
+Overlap ``skip``: the fire is enqueued only if ``keys.schedule_running(entry)`` is free, and
+sets it, in the same atomic step as the enqueue (worker/commit.lua); the job carries
+``schedule=<entry>`` and the runtime's worker middleware deletes the key when the job finishes
+or dies. The TTL is the job's time limit plus RUNNING_MARGIN_S, so a marker whose job vanished
+(a worker killed, its message recovered later) blocks the entry for at most that long.
+``allow`` entries set no marker.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
 
 from worker.logging import get_logger
 from worker.runtime import Runtime
@@ -22,14 +22,12 @@ from worker.scheduler.entry import Entry
 from worker.scheduler.planner import Fire
 from worker.scheduler.state import SchedulerStore
 from worker.scheduler.timing import iso
-from worker.submit import enqueue
+from worker.submit import Outcome, enqueue
 
 log = get_logger(__name__)
 
 # A run waiting in its queue counts as running too: the marker outlives the time limit by this.
 RUNNING_MARGIN_S = 300.0
-
-Outcome = Literal["enqueued", "duplicate", "overlap"]
 
 
 def idempotency_key(entry: str, scheduled: datetime) -> str:
@@ -48,35 +46,28 @@ class Firer:
         if job_type is None:  # validated at load; the registry does not shrink while running
             raise LookupError(f"job {entry.job!r} of entry {entry.name!r} is not registered")
         scheduled = iso(fire.scheduled)
-        marked = False
+        guard_ttl_s = None
         if entry.overlap == "skip":
-            limit_s = job_type.time_limit_s or runtime.settings.job_time_limit
-            marked = self._store.mark_running(entry.name, scheduled, limit_s + RUNNING_MARGIN_S)
-            if not marked:
-                metrics.MISSED.labels(entry.name, "overlap").inc()
-                log.info(
-                    "fire skipped: the previous run is still queued or running",
-                    entry=entry.name,
-                    scheduled=scheduled,
-                )
-                return "overlap"
-        try:
-            fresh = enqueue(
-                runtime.redis,
-                runtime.keys,
-                job_type,
-                entry.data,
-                idempotency_key=idempotency_key(entry.name, fire.scheduled),
-                idempotency_ttl_s=runtime.settings.idempotency_ttl,
-                schedule=entry.name,
+            guard_ttl_s = (job_type.time_limit_s or runtime.settings.job_time_limit) + RUNNING_MARGIN_S
+        outcome = enqueue(
+            runtime.redis,
+            runtime.keys,
+            job_type,
+            entry.data,
+            idempotency_key=idempotency_key(entry.name, fire.scheduled),
+            idempotency_ttl_s=runtime.settings.idempotency_ttl,
+            schedule=entry.name,
+            overlap_guard_ttl_s=guard_ttl_s,
+        )
+        if outcome == "overlap":
+            metrics.MISSED.labels(entry.name, "overlap").inc()
+            log.info(
+                "fire skipped: the previous run is still queued or running",
+                entry=entry.name,
+                scheduled=scheduled,
             )
-        except BaseException:
-            if marked:
-                self._release(entry.name, scheduled)
-            raise
-        if not fresh:
-            if marked:
-                self._release(entry.name, scheduled)
+            return "overlap"
+        if outcome == "duplicate":
             metrics.DUPLICATES.labels(entry.name).inc()
             log.info("fire already enqueued before", entry=entry.name, scheduled=scheduled)
             return "duplicate"
@@ -85,9 +76,3 @@ class Firer:
         metrics.FIRE_LAG.observe(lag_s)
         log.info("fired", entry=entry.name, job=entry.job, scheduled=scheduled, lag_s=round(lag_s, 3))
         return "enqueued"
-
-    def _release(self, name: str, scheduled: str) -> None:
-        try:
-            self._store.release_running(name, scheduled)
-        except Exception:  # Redis away: the marker's TTL clears it
-            log.warning("could not clear the running marker", entry=name, exc_info=True)

@@ -16,15 +16,6 @@ import redis
 from worker.keys import Keys
 from worker.scheduler.timing import iso, parse_iso
 
-# Compare-and-delete of an entry's running marker, for a fire that did not become a job.
-# KEYS[1] keys.schedule_running(entry)   ARGV[1] the value this fire set (its scheduled time)
-_RELEASE_RUNNING = """
-if redis.call("get", KEYS[1]) == ARGV[1] then
-  return redis.call("del", KEYS[1])
-end
-return 0
-"""
-
 # Replace the leader's fields of the status hash, keeping reload errors written by others.
 # KEYS[1] keys.scheduler_status   ARGV: field, value, field, value, ...
 _WRITE_STATUS = """
@@ -56,7 +47,6 @@ class SchedulerStore:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self._client = client
         self._keys = keys
-        self._release_running = client.register_script(_RELEASE_RUNNING)
         self._write_status = client.register_script(_WRITE_STATUS)
         self._clear_leader = client.register_script(_CLEAR_LEADER)
 
@@ -83,13 +73,6 @@ class SchedulerStore:
 
     def record(self, name: str, settled: datetime) -> None:
         self._client.hset(self._keys.scheduler_state, name, iso(settled))
-
-    def mark_running(self, name: str, value: str, ttl_s: float) -> bool:
-        """Set the entry's running marker unless a previous run still holds it."""
-        return bool(self._client.set(self._keys.schedule_running(name), value, nx=True, px=int(ttl_s * 1000)))
-
-    def release_running(self, name: str, value: str) -> None:
-        self._release_running(keys=[self._keys.schedule_running(name)], args=[value])
 
     def write_status(self, fields: dict[str, str]) -> None:
         args: list[str] = []
