@@ -144,3 +144,56 @@ def test_not_ready_past_its_age_fails_with_an_event(
             h.close()
     assert "user u2 is not known yet" in dead[0]["data"]["error"]
     assert "still not ready" in dead[0]["data"]["error"]
+
+
+def test_urgent_jobs_do_not_wait_behind_bulk_work(
+    harness_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """With the one thread busy on a backlog of bulk jobs, an urgent job runs next, not last."""
+    import time
+
+    order: list[str] = []
+
+    def bulky(ctx: JobContext, data: Anything) -> None:
+        order.append(f"bulk-{data.n}")
+        time.sleep(0.02)
+
+    def urgent(ctx: JobContext, data: Anything) -> None:
+        order.append("urgent")
+
+    with registered(
+        JobType("test.bulky", Anything, bulky, queue="bulk"),
+        JobType("test.urgent", Anything, urgent, queue="urgent"),
+    ):
+        h = Harness(load_settings(harness_env))
+        h.worker = Worker(h.broker, worker_threads=1, worker_timeout=20)
+        for n in range(30):
+            redis_client.xadd(
+                "taskmaster:intake", {"job": json.dumps({"type": "test.bulky", "data": {"n": n}})}
+            )
+        h.intake.poll_once(block_ms=10)
+        h.worker.start()
+        try:
+            wait_for(lambda: len(order) >= 3, what="the backlog to start")
+            h.submit(redis_client, {"type": "test.urgent", "data": {}})
+            wait_for(lambda: "urgent" in order, what="the urgent job")
+        finally:
+            h.close()
+    assert order.index("urgent") <= 8, order
+
+
+def test_python_client_submits_the_contract_envelope(redis_client: redis.Redis, redis_url: str) -> None:
+    """Client.submit and submit_many XADD the envelope of the contract and return entry ids."""
+    from worker.client import Client
+
+    with Client(redis_url) as client:
+        entry = client.submit("email.send", {"to": "a@example.com"}, id="x1")
+        more = client.submit_many([("email.send", {"to": "b@example.com"}, None)])
+    entries = redis_client.xrange("taskmaster:intake")
+    assert [e.decode() for e, _ in entries] == [entry, *more]
+    assert json.loads(entries[0][1][b"job"]) == {
+        "type": "email.send",
+        "data": {"to": "a@example.com"},
+        "id": "x1",
+    }
+    assert json.loads(entries[1][1][b"job"]) == {"type": "email.send", "data": {"to": "b@example.com"}}

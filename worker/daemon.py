@@ -127,7 +127,9 @@ class Daemon:
             from worker.embedded_redis import EmbeddedRedis
 
             self.embedded = EmbeddedRedis(settings.data_dir)
-            self.started_embedded = self.embedded.ensure_running()
+            self.embedded.ensure_running()
+            # The first daemon on the data dir owns the server and stops it when it stops.
+            self.started_embedded = self.embedded.claim(os.getpid())
         self.runtime = Runtime(settings, registry)
 
     def _prepare_database(self) -> None:

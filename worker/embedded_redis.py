@@ -107,6 +107,24 @@ class EmbeddedRedis:
                 time.sleep(0.01)
             return True
 
+    def claim(self, pid: int) -> bool:
+        """Make daemon ``pid`` the owner that stops the server, unless a live daemon owns it.
+
+        A daemon killed with SIGKILL leaves its server running (in its own session, so that no
+        accepted job is lost); the next daemon adopts it instead of leaving it behind for ever.
+        """
+        owner_file = self.dir / "owner.pid"
+        with open(self.dir / "start.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                owner = int(owner_file.read_text().strip())
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != pid and pid_alive(owner):
+                return False
+            owner_file.write_text(f"{pid}\n")
+            return True
+
     def shutdown(self) -> None:
         """Stop the server (it writes its append-only file first)."""
         try:
@@ -117,6 +135,7 @@ class EmbeddedRedis:
             client.shutdown(nosave=False)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             pass
+        (self.dir / "owner.pid").unlink(missing_ok=True)
         if self._process is not None:
             try:
                 self._process.wait(timeout=10)
