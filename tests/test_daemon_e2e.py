@@ -302,3 +302,44 @@ def test_a_database_behind_its_schema_is_refused_until_upgraded(
     )
     daemon = Daemon(env, tmp_path).start()
     assert daemon.stop() == 0
+
+
+def test_roles_run_apart_on_one_redis(own_redis: RedisServer, tmp_path: Path) -> None:
+    """`--role intake`, `worker` and `scheduler` as three daemons do together what `all` does."""
+    import subprocess
+    import sys
+
+    (tmp_path / "schedules.yaml").write_text(
+        "timezone: UTC\nschedules:\n  tick:\n    job: email.send\n    every: 1s\n"
+        "    data: {to: ops@example.com, subject: tick, text: tick}\n"
+    )
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    data_dir = tmp_path / "var"
+    base = daemon_env(data_dir, own_redis.url, TASKMASTER_DATABASE_URL=database)
+    subprocess.run(
+        [sys.executable, "-m", "worker.cli.main", "db", "upgrade"], env=base, cwd=tmp_path, check=True
+    )
+    daemons = [
+        Daemon(
+            daemon_env(data_dir, own_redis.url, TASKMASTER_DATABASE_URL=database), tmp_path, "--role", role
+        )
+        for role in ("intake", "worker", "scheduler")
+    ]
+    for daemon in daemons:
+        daemon.start()
+    try:
+        client = redis.Redis.from_url(own_redis.url)
+        client.xadd("taskmaster:intake", {"job": email_job(7)})
+        wait_for(
+            lambda: any("Subject: Hi 7" in f.read_text() for f in outbox(data_dir)),
+            timeout_s=15,
+            what="the job",
+        )
+        wait_for(
+            lambda: sum("Subject: tick" in f.read_text() for f in outbox(data_dir)) >= 2,
+            timeout_s=15,
+            what="scheduled fires",
+        )
+    finally:
+        for daemon in daemons:
+            assert daemon.stop() == 0
