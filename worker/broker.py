@@ -74,6 +74,7 @@ def declare_actors(broker: RedisBroker, runtime: Runtime, job_type: JobType[Any]
 
 def _actor_fn(runtime: Runtime, job_type: JobType[Any]) -> Callable[..., None]:
     settings = runtime.settings
+    context = {"settings": settings, "stage": "worker"}
 
     def run(data: dict[str, Any]) -> None:
         message = current_message.get()
@@ -88,7 +89,7 @@ def _actor_fn(runtime: Runtime, job_type: JobType[Any]) -> Callable[..., None]:
             message_id=message.message_id if message is not None else "",
         )
         try:
-            job_type.handler(ctx, job_type.model.model_validate(data))
+            job_type.handler(ctx, job_type.model.model_validate(data, context=context))
         except NotReady as exc:
             waited_s = time.time() - submitted_ms / 1000
             if waited_s >= settings.not_ready_max_age:

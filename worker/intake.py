@@ -39,6 +39,7 @@ class Intake:
             rejected_maxlen=settings.rejected_maxlen,
         )
         self._claim_idle_ms = int(settings.intake_claim_idle * 1000)
+        self._context = {"settings": settings, "stage": "intake"}
         self._next_claim = 0.0
         self.healthy = False
 
@@ -97,7 +98,7 @@ class Intake:
             entry = raw_id.decode()
             raw = (fields or {}).get(b"job")
             try:
-                accepted = validate_entry(raw, registry, settings.intake_max_bytes)
+                accepted = validate_entry(raw, registry, settings.intake_max_bytes, self._context)
             except Rejection as exc:
                 records.append(reject_record(entry, raw if raw is not None else _describe(fields), str(exc)))
                 types.append(f"!{exc.reason}")

@@ -34,6 +34,13 @@ def _split_csv(value: object) -> object:
 CsvList = Annotated[list[str], NoDecode, BeforeValidator(_split_csv)]
 
 
+def _split_durations(value: object) -> object:
+    parts = _split_csv(value)
+    if isinstance(parts, list):
+        return [parse_duration_s(part) for part in parts]
+    return parts
+
+
 class Settings(BaseSettings):
     """Every setting of the daemon; the README documents each one and its default."""
 
@@ -87,9 +94,61 @@ class Settings(BaseSettings):
     # Scheduler.
     scheduler_lock_ttl: Seconds = 10.0
 
+    # Secrets at rest (OAuth tokens, webhook signing secrets): a Fernet key. Unset: a key is
+    # generated once into <data dir>/secret.key (fine for one machine; set it for several).
+    secret_key: SecretStr | None = None
+
     # Email.
     email_from: str = DEFAULT_EMAIL_FROM
     email_providers: CsvList = Field(default_factory=lambda: ["outbox"])
+    provider_timeout: Seconds = 10.0
+    sendgrid_api_key: SecretStr | None = None
+    sendgrid_base_url: str = "https://api.sendgrid.com"
+    sendgrid_rate_per_s: float = Field(default=100.0, gt=0)
+    sendgrid_webhook_public_key: SecretStr | None = None
+    postmark_server_token: SecretStr | None = None
+    postmark_base_url: str = "https://api.postmarkapp.com"
+    postmark_rate_per_s: float = Field(default=50.0, gt=0)
+    postmark_webhook_user: str | None = None
+    postmark_webhook_password: SecretStr | None = None
+    resend_api_key: SecretStr | None = None
+    resend_base_url: str = "https://api.resend.com"
+    resend_rate_per_s: float = Field(default=2.0, gt=0)
+    resend_webhook_secret: SecretStr | None = None
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_tls: Literal["none", "starttls", "ssl"] = "starttls"
+    smtp_rate_per_s: float = Field(default=10.0, gt=0)
+
+    # Circuit breakers of outside services (per provider, shared through Redis).
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_window: Seconds = 60.0
+    breaker_cooldown: Seconds = 30.0
+
+    # Push (Firebase Cloud Messaging HTTP v1).
+    fcm_project_id: str | None = None
+    fcm_credentials_file: Path | None = None
+    fcm_base_url: str = "https://fcm.googleapis.com"
+    google_token_uri: str = "https://oauth2.googleapis.com/token"
+
+    # Outbound webhooks.
+    webhook_retry_schedule: Annotated[list[float], NoDecode, BeforeValidator(_split_durations)] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 7200.0, 21600.0]
+    )
+    webhook_allow_private: bool = False
+    webhook_timeout: Seconds = 10.0
+    webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0)
+    webhook_disable_after: Seconds = 5 * 86400.0
+
+    # Notifications.
+    digest_window: Seconds = 300.0
+    digest_max_items: int = Field(default=50, ge=2)
+    rate_user_per_minute: float = Field(default=10.0, gt=0)
+    rate_global_per_second: float = Field(default=100.0, gt=0)
+    rate_global_burst: int = Field(default=200, ge=1)
+    retention: Seconds = 90 * 86400.0
 
     @field_validator("http_addr")
     @classmethod
@@ -177,7 +236,9 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-SECRET_FIELDS = {"redis_url", "database_url"}
+SECRET_FIELDS = {
+    name for name, field in Settings.model_fields.items() if field.annotation in (SecretStr, SecretStr | None)
+}
 DURATION_FIELDS = {
     name
     for name, field in Settings.model_fields.items()
@@ -191,11 +252,12 @@ def masked(settings: Settings) -> dict[str, str]:
     for name in type(settings).model_fields:
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
-            text = _mask_url(value.get_secret_value())
+            secret = value.get_secret_value()
+            text = _mask_url(secret) if name.endswith("_url") else "********"
         elif value is None:
             text = "(unset)"
         elif isinstance(value, list):
-            text = ",".join(value)
+            text = ",".join(format_duration(v) if isinstance(v, float) else str(v) for v in value)
         elif name in DURATION_FIELDS:
             text = format_duration(value)
         else:

@@ -34,8 +34,15 @@ class Accepted:
     job_id: str | None
 
 
-def validate_entry(raw: bytes | None, registry: Registry, max_bytes: int) -> Accepted:
-    """Validate the ``job`` field of an intake entry, or raise Rejection."""
+def validate_entry(
+    raw: bytes | None, registry: Registry, max_bytes: int, context: dict[str, Any] | None = None
+) -> Accepted:
+    """Validate the ``job`` field of an intake entry, or raise Rejection.
+
+    ``context`` reaches the models' validators (pydantic validation context): the intake gives
+    ``{"settings": Settings, "stage": "intake"}``, so a model can check what needs
+    configuration, such as a provider's webhook signature.
+    """
     if raw is None:
         raise Rejection(
             "the entry has no field 'job': add the job as XADD <stream> * job '<json>'", "missing_job"
@@ -74,7 +81,7 @@ def validate_entry(raw: bytes | None, registry: Registry, max_bytes: int) -> Acc
     if not isinstance(data, dict):
         raise Rejection(f"data: must be a JSON object, got {_json_kind(data)}", "invalid_data")
     try:
-        model = job_type.model.model_validate(data)
+        model = job_type.model.model_validate(data, context=context)
     except ValidationError as exc:
         raise Rejection(describe(exc, prefix="data"), "invalid_data") from None
     except ValueError as exc:  # a validator that raised outside pydantic's wrapping
