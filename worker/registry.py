@@ -61,6 +61,17 @@ class Registry:
     def __init__(self) -> None:
         self._types: dict[str, JobType[Any]] = {}
         self._checks: list[Callable[[Any], None]] = []
+        self._commands: list[Callable[[Any], None]] = []
+
+    def cli_command(self, register: Callable[[Any], None]) -> Callable[[Any], None]:
+        """Declare a capability's CLI command: ``register(subparsers)`` adds its parser."""
+        if register not in self._commands:
+            self._commands.append(register)
+        return register
+
+    def register_commands(self, subparsers: Any) -> None:
+        for register in self._commands:
+            register(subparsers)
 
     def settings_check(self, check: Callable[[Any], None]) -> Callable[[Any], None]:
         """Declare a start-up check of the settings a capability needs; it raises ConfigError."""
@@ -132,6 +143,7 @@ class Registry:
 registry = Registry()
 job = registry.job
 settings_check = registry.settings_check
+cli_command = registry.cli_command
 
 
 def load_job_modules(modules: Iterable[str]) -> Registry:

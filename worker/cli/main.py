@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from worker import __version__
 
@@ -47,7 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    _capability_commands(subparsers)
     return parser
+
+
+def _capability_commands(subparsers: Any) -> None:
+    """Commands of the capabilities named by TASKMASTER_JOB_MODULES (`templates`, ...)."""
+    from worker.errors import ConfigError
+    from worker.registry import load_job_modules
+    from worker.settings import load_settings
+
+    try:
+        modules = load_settings().job_modules
+    except ConfigError:
+        return  # the command itself reports the configuration error, with exit status 2
+    try:
+        registry = load_job_modules(modules)
+    except ConfigError:
+        return
+    registry.register_commands(subparsers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
