@@ -170,6 +170,9 @@ class Daemon:
 
             self.intake = Intake(runtime, self.consumer)
             self._thread("intake", self.intake.run, self.stop_event)
+            from worker.due import DueStore, run_releaser
+
+            self._thread("due-releaser", run_releaser, DueStore(runtime.redis, runtime.keys), self.stop_event)
         if self.role in ("all", "scheduler"):
             from worker.scheduler.service import Scheduler
 
