@@ -13,6 +13,7 @@ from dramatiq.middleware import AgeLimit, Retries, TimeLimit
 
 from worker.context import JobContext
 from worker.errors import NotReady, PermanentError
+from worker.events import JobRef
 from worker.middleware.lifecycle import JobLifecycle, current_message, job_ref
 from worker.middleware.maintenance import Maintenance
 from worker.redis_conn import connect, redis_url
@@ -83,7 +84,7 @@ def _actor_fn(runtime: Runtime, job_type: JobType[Any]) -> Callable[..., None]:
         submitted_ms = int((options.get("job") or {}).get("submitted_ms") or time.time() * 1000)
         ctx = JobContext(
             runtime=runtime,
-            job=job_ref(message) if message is not None else job_ref_for(job_type),
+            job=job_ref(message) if message is not None else JobRef(type=job_type.name, id=None, entry=None),
             submitted_ms=submitted_ms,
             retries=retries,
             message_id=message.message_id if message is not None else "",
@@ -103,12 +104,6 @@ def _actor_fn(runtime: Runtime, job_type: JobType[Any]) -> Callable[..., None]:
     run.__name__ = run.__qualname__ = job_type.name.replace(".", "_")
     run.__module__ = job_type.handler.__module__
     return run
-
-
-def job_ref_for(job_type: JobType[Any]) -> Any:
-    from worker.events import JobRef
-
-    return JobRef(type=job_type.name, id=None, entry=None)
 
 
 def _backoff_ms(retries: int, min_backoff_s: float, cap_s: float = 60.0) -> int:

@@ -40,11 +40,11 @@ class DueStore:
 
     @property
     def _set(self) -> str:
-        return f"{self._keys.prefix}:due"
+        return self._keys.due
 
     @property
     def _items(self) -> str:
-        return f"{self._keys.prefix}:due:items"
+        return self._keys.due_items
 
     def put(
         self,

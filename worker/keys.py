@@ -50,6 +50,17 @@ class Keys:
     def heartbeats(self) -> str:
         return f"{self.dramatiq_namespace}:__heartbeats__"
 
+    # Jobs held until a due time (worker/due.py).
+    @property
+    def due(self) -> str:
+        """Sorted set: item key -> due time (ms)."""
+        return f"{self.prefix}:due"
+
+    @property
+    def due_items(self) -> str:
+        """Hash: item key -> the message to release, as JSON."""
+        return f"{self.prefix}:due:items"
+
     # Scheduler.
     @property
     def scheduler_leader(self) -> str:

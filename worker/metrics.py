@@ -76,6 +76,9 @@ class StateCollector:
         intake.add_metric(["pending"], state["intake"]["pending"])
         yield intake
         yield GaugeMetricFamily(
+            "taskmaster_held_jobs", "Jobs held in Redis until their due time", value=state["held"]
+        )
+        yield GaugeMetricFamily(
             "taskmaster_workers_alive",
             "Worker processes with a recent heartbeat",
             value=state["workers_alive"],

@@ -23,19 +23,21 @@ def gather(client: redis.Redis, keys: Keys, *, heartbeat_timeout_s: float) -> di
     pipe.xlen(keys.intake)
     pipe.xlen(keys.rejected)
     pipe.xlen(keys.events)
+    pipe.zcard(keys.due)
     replies = pipe.execute()
     queues: dict[str, dict[str, int]] = {}
     for index, queue in enumerate(QUEUES):
         ready, delayed, dead = replies[index * 3 : index * 3 + 3]
         queues[queue] = {"ready": int(ready), "delayed": int(delayed), "dead": int(dead)}
     rest = replies[len(QUEUES) * 3 :]
-    workers, scheduler, leader, intake_len, rejected_len, events_len = rest
+    workers, scheduler, leader, intake_len, rejected_len, events_len, due = rest
     return {
         "queues": queues,
         "workers_alive": len(workers),
         "intake": {"length": int(intake_len), **_intake_group(client, keys)},
         "rejected": int(rejected_len),
         "events": int(events_len),
+        "held": int(due),
         "scheduler": {k.decode(): v.decode() for k, v in scheduler.items()},
         "scheduler_leader": leader.decode() if leader else None,
     }

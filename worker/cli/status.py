@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     intake = report["intake"]
     print(f"intake     {intake['unread']} unread, {intake['pending']} being settled")
     print(f"rejected   {report['rejected']} entries in the rejected stream")
+    print(f"held       {report['held']} job(s) waiting for their due time")
     for queue, depth in report["queues"].items():
         print(
             f"queue      {queue:<8} {depth['ready']} ready, {depth['delayed']} delayed, {depth['dead']} dead"
