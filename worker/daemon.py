@@ -147,6 +147,8 @@ class Daemon:
     def start(self) -> None:
         assert self.runtime is not None
         runtime = self.runtime
+        from worker.breaker import breaker_states
+        from worker.breaker.metrics import BreakerStateCollector
         from worker.http import HttpServer
         from worker.metrics import StateCollector
         from worker.status import gather
@@ -162,7 +164,10 @@ class Daemon:
             port,
             ready=self.readiness,
             multiproc_dir=self.environ.get("PROMETHEUS_MULTIPROC_DIR"),
-            collectors=[state],
+            collectors=[
+                state,
+                BreakerStateCollector(lambda: breaker_states(runtime.redis, runtime.keys.prefix)),
+            ],
         )
         self.http.start()
         if self.role in ("all", "intake"):

@@ -31,7 +31,10 @@ def gather(client: redis.Redis, keys: Keys, *, heartbeat_timeout_s: float) -> di
         queues[queue] = {"ready": int(ready), "delayed": int(delayed), "dead": int(dead)}
     rest = replies[len(QUEUES) * 3 :]
     workers, scheduler, leader, intake_len, rejected_len, events_len, due = rest
+    from worker.breaker import breaker_states
+
     return {
+        "breakers": dict(breaker_states(client, keys.prefix)),
         "queues": queues,
         "workers_alive": len(workers),
         "intake": {"length": int(intake_len), **_intake_group(client, keys)},

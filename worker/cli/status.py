@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"queue      {queue:<8} {depth['ready']} ready, {depth['delayed']} delayed, {depth['dead']} dead"
         )
+    for name, state in sorted(report["breakers"].items()):
+        print(f"breaker    {name:<12} {state}")
     print(f"scheduler  leader {report['scheduler_leader'] or '(none)'}")
     for key, value in sorted(report["scheduler"].items()):
         print(f"           {key}: {value}")

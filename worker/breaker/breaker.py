@@ -1,0 +1,158 @@
+"""The circuit breaker a caller of an outside service holds: one per provider, by name.
+
+    breaker = CircuitBreaker.from_settings(RedisBackend(runtime.redis, runtime.keys.prefix),
+                                           "sendgrid", runtime.settings, exclude=(Rejected,))
+    with breaker.guard():            # BreakerOpen when refused
+        response = client.send(...)  # raising counts as a failure, unless excluded
+
+The caller decides what is a failure of the service: an exception type listed in ``exclude``
+(an email the provider rejected) is the service answering properly, so it counts as a
+success. Callers that classify outcomes themselves use ``allow`` and ``record_*``.
+
+Every transition is logged (opening at warning level) and counted by the process that
+decided it. Names appear in logs, metrics and `status`: never put a secret in one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from worker.breaker import metrics
+from worker.breaker.base import BreakerBackend, BreakerOpen, BreakerUnavailable, Outcome, Policy, State
+from worker.logging import get_logger
+from worker.settings import Settings
+
+log = get_logger(__name__)
+
+ExceptionTypes = tuple[type[BaseException], ...]
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        backend: BreakerBackend,
+        name: str,
+        *,
+        failure_threshold: int,
+        window_s: float,
+        cooldown_s: float,
+        probe_timeout_s: float | None = None,
+        exclude: ExceptionTypes = (),
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """``probe_timeout_s`` (default: the cool-down) bounds how long a probe that never
+        reports (its caller died) keeps every other caller out. ``clock`` returns seconds
+        since the epoch; by default the backend's own clock decides (Redis server time).
+        """
+        if not name:
+            raise ValueError("a circuit breaker needs a name")
+        self.name = name
+        self.policy = Policy(
+            failure_threshold=failure_threshold,
+            window_ms=round(window_s * 1000),
+            cooldown_ms=round(cooldown_s * 1000),
+            probe_timeout_ms=round((cooldown_s if probe_timeout_s is None else probe_timeout_s) * 1000),
+        )
+        self._backend = backend
+        self._exclude = exclude
+        self._clock = clock
+
+    @classmethod
+    def from_settings(
+        cls,
+        backend: BreakerBackend,
+        name: str,
+        settings: Settings,
+        *,
+        exclude: ExceptionTypes = (),
+    ) -> CircuitBreaker:
+        """A breaker with TASKMASTER_BREAKER_FAILURE_THRESHOLD, _WINDOW and _COOLDOWN."""
+        return cls(
+            backend,
+            name,
+            failure_threshold=settings.breaker_failure_threshold,
+            window_s=settings.breaker_window,
+            cooldown_s=settings.breaker_cooldown,
+            exclude=exclude,
+        )
+
+    def allow(self) -> bool:
+        """True when closed; False when open; True for exactly one caller when half-open."""
+        return self._allow().allowed
+
+    def record_success(self) -> None:
+        """The service answered properly (a refusal that is not its fault counts too)."""
+        self._observe(self._backend.record_success(self.name, self.policy, self._now_ms()))
+
+    def record_failure(self) -> None:
+        """The service failed: an error, a timeout, a 5xx."""
+        self._observe(self._backend.record_failure(self.name, self.policy, self._now_ms()))
+
+    def state(self) -> State:
+        return self._backend.state(self.name)
+
+    @contextmanager
+    def guard(self, *, exclude: ExceptionTypes = ()) -> Iterator[None]:
+        """Run the block if allowed, else raise BreakerOpen; record how it ended.
+
+        An exception of a type in ``exclude`` (here or given to the constructor) records a
+        success; any other Exception a failure. Either way it propagates. Interruptions
+        (KeyboardInterrupt, SystemExit) record nothing: they say nothing about the service.
+        """
+        outcome = self._allow()
+        if not outcome.allowed:
+            raise BreakerOpen(self.name, outcome.retry_after_ms / 1000)
+        try:
+            yield
+        except (*self._exclude, *exclude):
+            self._record_quietly(self.record_success)
+            raise
+        except Exception:
+            self._record_quietly(self.record_failure)
+            raise
+        self._record_quietly(self.record_success)
+
+    def _allow(self) -> Outcome:
+        outcome = self._backend.allow(self.name, self.policy, self._now_ms())
+        self._observe(outcome)
+        if outcome.probe:
+            metrics.PROBES.labels(self.name).inc()
+        elif not outcome.allowed:
+            metrics.REFUSED.labels(self.name).inc()
+        return outcome
+
+    def _record_quietly(self, record: Callable[[], None]) -> None:
+        # The call has happened: failing its job now because Redis blinked would redo an
+        # outside effect for the sake of one lost observation.
+        try:
+            record()
+        except BreakerUnavailable as exc:
+            log.warning("breaker.record_lost", breaker=self.name, error=str(exc))
+
+    def _now_ms(self) -> int | None:
+        return None if self._clock is None else round(self._clock() * 1000)
+
+    def _observe(self, outcome: Outcome) -> None:
+        if outcome.reissued:
+            log.warning(
+                "breaker.probe_expired",
+                breaker=self.name,
+                probe_timeout_s=self.policy.probe_timeout_ms / 1000,
+            )
+        previous = outcome.previous
+        if previous is None or previous == outcome.state:
+            return
+        metrics.TRANSITIONS.labels(self.name, previous, outcome.state).inc()
+        if outcome.state == "open":
+            log.warning(
+                "breaker.opened" if previous == "closed" else "breaker.reopened",
+                breaker=self.name,
+                failures=outcome.failures,
+                window_s=self.policy.window_ms / 1000,
+                cooldown_s=self.policy.cooldown_ms / 1000,
+            )
+        elif outcome.state == "half_open":
+            log.info("breaker.half_open", breaker=self.name)
+        else:
+            log.info("breaker.closed", breaker=self.name)
