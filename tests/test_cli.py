@@ -70,7 +70,9 @@ def test_schema_prints_every_job_type(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["schema"]) == 0
     document = json.loads(capsys.readouterr().out)
     email = document["types"]["email.send"]
-    assert "to" in email["properties"] and "subject" in email["required"]
+    assert (
+        email["required"] == ["to"] and "template" in email["properties"] and "subject" in email["properties"]
+    )
 
 
 def test_config_masks_secrets(env: dict[str, str], monkeypatch: pytest.MonkeyPatch,

@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from jobs.email.message import build_message, stable_message_id
 from jobs.email.models import EmailSend
 from jobs.email.providers.outbox import OutboxProvider
+from jobs.email.template_store import TemplateStore, find_template
+from jobs.email.templating import RenderError, TemplateSource, render
 from worker.context import JobContext
-from worker.errors import ConfigError
+from worker.errors import ConfigError, NotReady, PermanentError
 from worker.registry import job, settings_check
 from worker.settings import Settings
 
@@ -38,9 +40,28 @@ def _outbox(ctx: JobContext) -> OutboxProvider:
     return provider
 
 
+def _with_template(ctx: JobContext, email: EmailSend, name: str) -> tuple[EmailSend, TemplateSource]:
+    """The email with the latest version of its template rendered into subject and bodies."""
+    source = find_template(TemplateStore(ctx.runtime.db), name)
+    if source is None:
+        # Not refused at intake: its `template.upsert` may still be on its way.
+        raise NotReady(f"email template {name!r} does not exist (yet); add it with template.upsert")
+    try:
+        rendered = render(source, email.variables, subject=email.subject)
+    except RenderError as exc:
+        # The same template and variables fail the same way on every attempt.
+        raise PermanentError(str(exc)) from exc
+    update = {"subject": rendered.subject, "text": rendered.text, "html": rendered.html}
+    return email.model_copy(update=update), source
+
+
 @job("email.send", EmailSend, queue="default")
 def send_email(ctx: JobContext, email: EmailSend) -> None:
-    """Build the message once and hand it to the provider; report `email.sent`."""
+    """Render its template if it has one, build the message once and hand it to the provider;
+    report `email.sent`."""
+    template: TemplateSource | None = None
+    if email.template is not None:
+        email, template = _with_template(ctx, email, email.template)
     key = ctx.idempotency_key
     message_id = stable_message_id(key)
     date = datetime.fromtimestamp(ctx.submitted_ms / 1000, UTC)
@@ -54,5 +75,6 @@ def send_email(ctx: JobContext, email: EmailSend) -> None:
                 "provider": result.provider,
                 "provider_message_id": result.provider_message_id,
                 "to": email.to,
+                **({"template": template.name, "template_version": template.version} if template else {}),
             },
         )
