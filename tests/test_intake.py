@@ -39,7 +39,7 @@ BAD = [
     (b"[1, 2]", "must be a JSON object"),
     (
         json.dumps({"type": "no.such", "data": {}}).encode(),
-        "unknown job type 'no.such'; known types: email.send, template.upsert",
+        "unknown job type 'no.such'; known types: email.send, ",
     ),
     (json.dumps({"data": {}}).encode(), "type: missing"),
     (json.dumps({"type": 5, "data": {}}).encode(), "type: must be a string"),

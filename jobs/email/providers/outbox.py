@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections.abc import Sequence
 from email.message import EmailMessage
 from pathlib import Path
 
-from jobs.email.providers.base import SendResult
+from jobs.email.providers.base import BatchItem, SendResult, send_each
+from jobs.email.providers.errors import ProviderError
 
 
 class OutboxProvider:
     name = "outbox"
+    # No batch endpoint: a batch is written one file at a time.
+    max_batch = 1
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -27,7 +32,13 @@ class OutboxProvider:
         path = self.path_for(idempotency_key)
         if path.exists():
             return SendResult(self.name, path.name, fresh=False)
-        tmp = self._tmp / f"{path.name}.{os.getpid()}"
+        tmp = self._tmp / f"{path.name}.{os.getpid()}.{threading.get_ident()}"
         tmp.write_bytes(message.as_bytes())
         os.replace(tmp, path)
         return SendResult(self.name, path.name)
+
+    def send_batch(self, items: Sequence[BatchItem]) -> list[SendResult | ProviderError]:
+        return send_each(self.send, items)
+
+    def close(self) -> None:
+        """Nothing held open."""
