@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,9 +53,21 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database at the head revision, made once per test process and copied per test."""
+    from worker.db import migrate
+
+    path = tmp_path_factory.mktemp("schema") / "taskmaster.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture
-def env(tmp_path: Path, redis_url: str) -> dict[str, str]:
-    """A daemon environment: the test Redis, SQLite and a data dir of the test's own."""
+def env(tmp_path: Path, redis_url: str, migrated_sqlite: Path) -> dict[str, str]:
+    """A daemon environment: the test Redis, a migrated SQLite and a data dir of the test's own."""
+    (tmp_path / "var").mkdir(exist_ok=True)
+    shutil.copyfile(migrated_sqlite, tmp_path / "var" / "taskmaster.db")
     return {
         "TASKMASTER_DATA_DIR": str(tmp_path / "var"),
         "TASKMASTER_REDIS_URL": redis_url,

@@ -333,6 +333,7 @@ def test_preview_uses_builtins_before_any_database_exists(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """On the embedded defaults before the first start, built-ins preview and no SQLite file appears."""
+    (Path(env["TASKMASTER_DATA_DIR"]) / "taskmaster.db").unlink()
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     variables = '{"title": "Hello", "message": "Hi there."}'

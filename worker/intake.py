@@ -98,7 +98,9 @@ class Intake:
             entry = raw_id.decode()
             raw = (fields or {}).get(b"job")
             try:
-                accepted = validate_entry(raw, registry, settings.intake_max_bytes, self._context)
+                accepted = validate_entry(
+                    raw, registry, settings.intake_max_bytes, {**self._context, "entry": entry}
+                )
             except Rejection as exc:
                 records.append(reject_record(entry, raw if raw is not None else _describe(fields), str(exc)))
                 types.append(f"!{exc.reason}")

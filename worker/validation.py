@@ -40,8 +40,9 @@ def validate_entry(
     """Validate the ``job`` field of an intake entry, or raise Rejection.
 
     ``context`` reaches the models' validators (pydantic validation context): the intake gives
-    ``{"settings": Settings, "stage": "intake"}``, so a model can check what needs
-    configuration, such as a provider's webhook signature.
+    ``{"settings": Settings, "stage": "intake", "entry": <intake entry id>}``, so a model can
+    check what needs configuration, such as a provider's webhook signature, as of when the host
+    received it.
     """
     if raw is None:
         raise Rejection(

@@ -2,42 +2,31 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 
+import dramatiq
+
+from jobs.email.delivery import ChainExhausted, EmailRejected
 from jobs.email.message import build_message, stable_message_id
 from jobs.email.models import EmailSend
-from jobs.email.providers.outbox import OutboxProvider
+from jobs.email.providers.factory import check_provider_settings
+from jobs.email.records import DONE
+from jobs.email.sender import sender_for
 from jobs.email.template_store import TemplateStore, find_template
 from jobs.email.templating import RenderError, TemplateSource, render
 from worker.context import JobContext
-from worker.errors import ConfigError, NotReady, PermanentError
+from worker.errors import NotReady, PermanentError
+from worker.logging import get_logger
 from worker.registry import job, settings_check
 from worker.settings import Settings
 
-# Providers with an implementation in this release; the others are named by the settings so
-# that configuration can be written ahead, and are refused at start-up until they land.
-IMPLEMENTED_PROVIDERS = ("outbox",)
+log = get_logger(__name__)
 
 
 @settings_check
 def check_email_settings(settings: Settings) -> None:
-    missing = [name for name in settings.email_providers if name not in IMPLEMENTED_PROVIDERS]
-    if missing:
-        raise ConfigError(
-            f"TASKMASTER_EMAIL_PROVIDERS: provider {missing[0]!r} is not available in this release;"
-            f" available: {', '.join(IMPLEMENTED_PROVIDERS)}"
-        )
-
-
-_outboxes: dict[str, OutboxProvider] = {}
-
-
-def _outbox(ctx: JobContext) -> OutboxProvider:
-    directory = ctx.runtime.settings.outbox_dir
-    provider = _outboxes.get(str(directory))
-    if provider is None:
-        provider = _outboxes[str(directory)] = OutboxProvider(directory)
-    return provider
+    check_provider_settings(settings)
 
 
 def _with_template(ctx: JobContext, email: EmailSend, name: str) -> tuple[EmailSend, TemplateSource]:
@@ -57,24 +46,71 @@ def _with_template(ctx: JobContext, email: EmailSend, name: str) -> tuple[EmailS
 
 @job("email.send", EmailSend, queue="default")
 def send_email(ctx: JobContext, email: EmailSend) -> None:
-    """Render its template if it has one, build the message once and hand it to the provider;
-    report `email.sent`."""
+    """Render its template if it has one, build the message once and hand it to the first
+    provider of the chain that takes it; record each recipient and report the outcome."""
     template: TemplateSource | None = None
     if email.template is not None:
         email, template = _with_template(ctx, email, email.template)
+    service = sender_for(ctx.runtime)
     key = ctx.idempotency_key
     message_id = stable_message_id(key)
+    recipients = list(dict.fromkeys([*email.to, *email.cc, *email.bcc]))
+    statuses = service.records.begin(key, message_id, recipients)
+    pending = [r for r in recipients if statuses.get(r) not in DONE]
+    if not pending:
+        return  # a retry of an email already handed over
+    identity = {
+        "message_id": message_id,
+        **({"template": template.name, "template_version": template.version} if template else {}),
+    }
+    blocked = service.suppressed(pending)
+    if blocked:
+        for recipient, reason in blocked.items():
+            service.records.finish(key, [recipient], status="failed", error=f"suppressed ({reason})")
+            ctx.emit("email.suppressed", {**identity, "to": [recipient], "reason": reason})
+        pending = [r for r in pending if r not in blocked]
+        if not pending:
+            return
     date = datetime.fromtimestamp(ctx.submitted_ms / 1000, UTC)
     message = build_message(email, sender=ctx.runtime.settings.email_from, message_id=message_id, date=date)
-    result = _outbox(ctx).send(message, idempotency_key=key, envelope_to=[*email.to, *email.cc, *email.bcc])
-    if result.fresh:
+    try:
+        result = service.chain.send(message, idempotency_key=key, envelope_to=pending)
+    except EmailRejected as exc:
+        service.records.finish(
+            key, pending, status="failed", provider=exc.error.provider, error=exc.error.message
+        )
+        ctx.emit(
+            "email.failed",
+            {**identity, "provider": exc.error.provider, "to": pending, "error": exc.error.message},
+        )
+        return
+    except ChainExhausted as exc:
+        delay_s = max(exc.retry_after_s or 0.0, _backoff_s(ctx))
+        log.warning("email.waiting_for_providers", retry_in_s=round(delay_s, 1), reasons=exc.reasons)
+        raise dramatiq.Retry(str(exc), delay=int(delay_s * 1000)) from None
+    sent = [r for r in pending if r not in result.refused]
+    service.records.finish(
+        key, sent, status="sent", provider=result.provider, provider_message_id=result.provider_message_id
+    )
+    for recipient, reason in result.refused.items():
+        service.records.finish(key, [recipient], status="failed", provider=result.provider, error=reason)
+        ctx.emit(
+            "email.failed", {**identity, "provider": result.provider, "to": [recipient], "error": reason}
+        )
+    if result.fresh and sent:
         ctx.emit(
             "email.sent",
             {
-                "message_id": message_id,
+                **identity,
                 "provider": result.provider,
                 "provider_message_id": result.provider_message_id,
-                "to": email.to,
-                **({"template": template.name, "template_version": template.version} if template else {}),
+                "to": sent,
             },
         )
+
+
+def _backoff_s(ctx: JobContext) -> float:
+    """Exponential backoff with jitter between TASKMASTER_JOB_MIN_BACKOFF and _MAX_BACKOFF."""
+    settings = ctx.runtime.settings
+    ceiling = min(settings.job_max_backoff, settings.job_min_backoff * 2**ctx.retries)
+    return random.uniform(ceiling / 2, ceiling)

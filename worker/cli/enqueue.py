@@ -9,6 +9,7 @@ from typing import Any
 
 from worker.cli.common import EXIT_FAILURE, EXIT_OK, die, settings_or_exit
 from worker.cli.redis_access import redis_for_cli
+from worker.settings import Settings
 
 
 def register(subparsers: Any) -> None:
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         die(f"the data is not valid JSON: {exc}", EXIT_FAILURE)
     if not args.no_check:
-        _check(settings.job_modules, args.type, data, args.id)
+        _check(settings, args.type, data, args.id)
     from worker.client import Client
     from worker.keys import Keys
 
@@ -46,17 +47,17 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check(modules: list[str], job_type: str, data: object, job_id: str | None) -> None:
+def _check(settings: Settings, job_type: str, data: object, job_id: str | None) -> None:
     """Tell the operator now what the daemon would reject later."""
     from worker.client import Client
     from worker.registry import load_job_modules
     from worker.validation import Rejection, validate_entry
 
-    registry = load_job_modules(modules)
+    registry = load_job_modules(settings.job_modules)
     envelope = Client.envelope(job_type, data if isinstance(data, dict) else {}, job_id)
     if not isinstance(data, dict):
         die("the data must be a JSON object", EXIT_FAILURE)
     try:
-        validate_entry(envelope.encode(), registry, max_bytes=1 << 30)
+        validate_entry(envelope.encode(), registry, 1 << 30, {"settings": settings, "stage": "intake"})
     except Rejection as exc:
         die(f"rejected: {exc}", EXIT_FAILURE)

@@ -17,6 +17,8 @@ from worker.db.messaging import (
     WebhookEndpoint,
 )
 from worker.db.planning import CalendarEvent, Conflict, FocusBlock, Insight, ProductivityPattern, Task
+from worker.db.tracking import ProviderEvent as ProviderEvent
+from worker.db.tracking import Suppression as Suppression
 from worker.db.users import Preferences, PushToken, User
 
 __all__ = [
