@@ -15,6 +15,10 @@ class RedisUnavailable(TaskmasterError):
     """Redis did not answer."""
 
 
+class DatabaseUnavailable(TaskmasterError):
+    """The SQL database did not answer."""
+
+
 class SchemaBehind(TaskmasterError):
     """The database schema is older than this release; `db upgrade` fixes it."""
 

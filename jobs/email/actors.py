@@ -11,7 +11,6 @@ from jobs.email.delivery import ChainExhausted, EmailRejected
 from jobs.email.message import build_message, stable_message_id
 from jobs.email.models import EmailSend
 from jobs.email.providers.factory import check_provider_settings
-from jobs.email.records import DONE
 from jobs.email.sender import sender_for
 from jobs.email.template_store import TemplateStore, find_template
 from jobs.email.templating import RenderError, TemplateSource, render
@@ -55,15 +54,13 @@ def send_email(ctx: JobContext, email: EmailSend) -> None:
     key = ctx.idempotency_key
     message_id = stable_message_id(key)
     recipients = list(dict.fromkeys([*email.to, *email.cc, *email.bcc]))
-    statuses = service.records.begin(key, message_id, recipients)
-    pending = [r for r in recipients if statuses.get(r) not in DONE]
+    pending, blocked = service.records.begin(key, message_id, recipients)
     if not pending:
         return  # a retry of an email already handed over
     identity = {
         "message_id": message_id,
         **({"template": template.name, "template_version": template.version} if template else {}),
     }
-    blocked = service.suppressed(pending)
     if blocked:
         for recipient, reason in blocked.items():
             service.records.finish(key, [recipient], status="failed", error=f"suppressed ({reason})")
@@ -71,6 +68,10 @@ def send_email(ctx: JobContext, email: EmailSend) -> None:
         pending = [r for r in pending if r not in blocked]
         if not pending:
             return
+    if len(pending) < len(recipients):
+        # Some recipients are done or suppressed: HTTP providers take recipients from the
+        # message's own To and Cc, so those must list only who is still to be sent to.
+        email = _only(email, pending)
     date = datetime.fromtimestamp(ctx.submitted_ms / 1000, UTC)
     message = build_message(email, sender=ctx.runtime.settings.email_from, message_id=message_id, date=date)
     try:
@@ -92,7 +93,10 @@ def send_email(ctx: JobContext, email: EmailSend) -> None:
     service.records.finish(
         key, sent, status="sent", provider=result.provider, provider_message_id=result.provider_message_id
     )
-    for recipient, reason in result.refused.items():
+    # A 4xx refusal of one recipient is transient (RFC 5321): it stays queued and is tried again.
+    later = {r: reason for r, reason in result.refused.items() if reason.lstrip().startswith("4")}
+    refused = {r: reason for r, reason in result.refused.items() if r not in later}
+    for recipient, reason in refused.items():
         service.records.finish(key, [recipient], status="failed", provider=result.provider, error=reason)
         ctx.emit(
             "email.failed", {**identity, "provider": result.provider, "to": [recipient], "error": reason}
@@ -107,6 +111,21 @@ def send_email(ctx: JobContext, email: EmailSend) -> None:
                 "to": sent,
             },
         )
+    if later:
+        delay_s = _backoff_s(ctx)
+        log.info("email.recipients_deferred", recipients=len(later), retry_in_s=round(delay_s, 1))
+        raise dramatiq.Retry(f"{len(later)} recipient(s) deferred by the server", delay=int(delay_s * 1000))
+
+
+def _only(email: EmailSend, recipients: list[str]) -> EmailSend:
+    keep = set(recipients)
+    return email.model_copy(
+        update={
+            "to": [r for r in email.to if r in keep],
+            "cc": [r for r in email.cc if r in keep],
+            "bcc": [r for r in email.bcc if r in keep],
+        }
+    )
 
 
 def _backoff_s(ctx: JobContext) -> float:

@@ -29,6 +29,8 @@ log = get_logger(__name__)
 
 # Providers that deduplicate by our idempotency key, so a retry after a timeout cannot duplicate.
 IDEMPOTENT = frozenset({"resend"})
+# Error codes saying the provider is still processing an earlier request with the same key.
+STILL_SENDING = frozenset({"concurrent_idempotent_requests"})
 # Waiting for a provider's rate limit this long, at most, before passing the email on.
 MAX_RATE_WAIT_S = 1.0
 
@@ -70,15 +72,17 @@ class Chain:
         for provider in self.providers:
             name = provider.name
             breaker = self.breakers.get(name)
-            if breaker is not None and not breaker.allow():
-                reasons.append(f"{name}: circuit open")
-                metrics.FAILOVERS.labels(name, "breaker_open").inc()
-                continue
+            # The rate limit first: an email held back by it must not take the breaker's single
+            # half-open probe, which it would then never report on.
             wait_s = self._rate_wait(name)
             if wait_s is not None:
                 reasons.append(f"{name}: rate limited for {wait_s:.1f}s")
                 waits.append(wait_s)
                 metrics.FAILOVERS.labels(name, "rate_limited").inc()
+                continue
+            if breaker is not None and not breaker.allow():
+                reasons.append(f"{name}: circuit open")
+                metrics.FAILOVERS.labels(name, "breaker_open").inc()
                 continue
             try:
                 result = self._attempt(provider, message, idempotency_key, envelope_to)
@@ -88,6 +92,12 @@ class Chain:
                         breaker.record_success()  # the provider answered; the email was at fault
                     metrics.REJECTED.labels(name).inc()
                     raise EmailRejected(error) from error
+                if error.code in STILL_SENDING:
+                    # The provider is still handling our first request with this key: another
+                    # provider would send a second copy. Wait and ask this one again.
+                    if breaker is not None:
+                        breaker.record_success()
+                    raise ChainExhausted([str(error)], error.retry_after_s) from error
                 if breaker is not None:
                     breaker.record_failure()
                 if error.outcome == "unknown":

@@ -6,15 +6,11 @@ import math
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from jobs.email.delivery import Chain
 from jobs.email.providers.factory import build_providers
-from jobs.email.records import DeliveryRecords
-from jobs.email.tracking.suppressions import suppressed
+from jobs.email.records import DeliveryRecords, OutboxRecords, Records
 from worker.breaker import CircuitBreaker
 from worker.breaker import RedisBackend as BreakerBackend
-from worker.db.session import make_sessionmaker
 from worker.ratelimit import RateLimiter, Rule
 from worker.ratelimit import RedisBackend as LimiterBackend
 from worker.runtime import Runtime
@@ -23,13 +19,7 @@ from worker.runtime import Runtime
 @dataclass(frozen=True)
 class Sender:
     chain: Chain
-    records: DeliveryRecords
-    sessions: sessionmaker[Session]
-
-    def suppressed(self, addresses: list[str]) -> dict[str, str]:
-        """Recipients on the suppression list (hard bounces, complaints, the host's), with reasons."""
-        with self.sessions() as session:
-            return suppressed(session, addresses)
+    records: Records
 
 
 _senders: dict[int, Sender] = {}
@@ -64,4 +54,5 @@ def build_sender(runtime: Runtime) -> Sender:
         limiter=RateLimiter(LimiterBackend(runtime.redis, runtime.keys)) if real else None,
         rules={name: Rule(rates[name], 1.0, burst=max(1, math.ceil(rates[name]))) for name in real},
     )
-    return Sender(chain=chain, records=DeliveryRecords(runtime.db), sessions=make_sessionmaker(runtime.db))
+    records: Records = DeliveryRecords(runtime.db) if real else OutboxRecords(runtime.db)
+    return Sender(chain=chain, records=records)

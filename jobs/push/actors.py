@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from jobs.push.config import check_credentials_file, fcm_config
-from jobs.push.delivery import deliver, retry_if_needed
-from jobs.push.devices import registered_devices
 from jobs.push.errors import PushUnavailable
-from jobs.push.fcm import client_for
 from jobs.push.models import PushSend
 from worker.context import JobContext
 from worker.errors import ConfigError, PermanentError
@@ -23,6 +20,12 @@ def check_push_settings(settings: Settings) -> None:
 @job("push.send", PushSend, queue="default", public=False)
 def send_push(ctx: JobContext, push: PushSend) -> None:
     """Send to each device of the user; report each one; retry only the devices not settled."""
+    # Imported here: google-auth and requests cost every process ~15 MB, and only the worker
+    # processes that send pushes need them (the intake only validates PushSend).
+    from jobs.push.delivery import deliver, retry_if_needed
+    from jobs.push.devices import registered_devices
+    from jobs.push.fcm import client_for
+
     try:
         client = client_for(fcm_config(ctx.runtime.settings))
     except (PushUnavailable, ConfigError) as exc:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from google.oauth2 import service_account
+if TYPE_CHECKING:
+    from google.oauth2 import service_account
 
 from jobs.push.errors import PushUnavailable
 from worker.errors import ConfigError
@@ -56,6 +57,8 @@ def fcm_config(settings: Settings) -> FcmConfig:
 
 
 def load_credentials(path: Path, token_uri: str) -> service_account.Credentials:
+    from google.oauth2 import service_account  # imported when used: see jobs/push/actors.py
+
     """The service account of ``path``, scoped for FCM, asking ``token_uri`` for tokens."""
     info = read_service_account(path)
     try:

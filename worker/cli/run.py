@@ -42,7 +42,7 @@ def prepare_metrics_dir() -> None:
 def run(args: argparse.Namespace) -> int:
     settings = settings_or_exit()
     from worker.daemon import Daemon
-    from worker.errors import ConfigError, RedisUnavailable
+    from worker.errors import ConfigError, DatabaseUnavailable, RedisUnavailable
     from worker.sdnotify import Notifier
 
     try:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         daemon.prepare()
     except ConfigError as exc:
         die(str(exc), EXIT_CONFIG)
-    except RedisUnavailable as exc:
+    except (RedisUnavailable, DatabaseUnavailable) as exc:
         die(str(exc), EXIT_UNAVAILABLE)
     daemon.start()
     return daemon.run_forever(Notifier(os.environ))

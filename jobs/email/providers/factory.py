@@ -8,10 +8,6 @@ from urllib.parse import urlsplit
 
 from jobs.email.providers.base import Provider
 from jobs.email.providers.outbox import OutboxProvider
-from jobs.email.providers.postmark import PostmarkProvider
-from jobs.email.providers.resend import ResendProvider
-from jobs.email.providers.sendgrid import SendGridProvider
-from jobs.email.providers.smtp import SMTPProvider
 from worker.errors import ConfigError
 from worker.settings import Settings
 
@@ -22,6 +18,12 @@ def build_providers(settings: Settings, *, smtp_ssl_context: ssl.SSLContext | No
     ``smtp_ssl_context`` replaces the system's certificate authorities for SMTP (tests, private CAs).
     """
     check_provider_settings(settings)
+    # Imported here, not at the top: only the configured providers' client libraries (the
+    # sendgrid library alone is ~9 MB) load into the worker processes.
+    from jobs.email.providers.postmark import PostmarkProvider
+    from jobs.email.providers.resend import ResendProvider
+    from jobs.email.providers.sendgrid import SendGridProvider
+
     builders: dict[str, Callable[[], Provider]] = {
         "outbox": lambda: OutboxProvider(settings.outbox_dir),
         "smtp": lambda: _smtp(settings, smtp_ssl_context),
@@ -90,7 +92,9 @@ def _secret(settings: Settings, name: str) -> str:
     return str(value.get_secret_value())
 
 
-def _smtp(settings: Settings, ssl_context: ssl.SSLContext | None) -> SMTPProvider:
+def _smtp(settings: Settings, ssl_context: ssl.SSLContext | None) -> Provider:
+    from jobs.email.providers.smtp import SMTPProvider
+
     return SMTPProvider(
         settings.smtp_host or "",
         settings.smtp_port,
