@@ -163,3 +163,19 @@ def test_queue_message_is_a_dramatiq_message_with_job_identity(
     job = message["options"]["job"]  # type: ignore[index]
     assert job["id"] == "k1" and job["entry"] == entry
     assert job["submitted_ms"] == int(entry.split("-")[0])
+
+
+def test_settled_entries_are_trimmed_pending_ones_kept(runtime: Runtime, redis_client: redis.Redis) -> None:
+    """Settled entries leave the stream; entries read but unsettled, or not read yet, stay."""
+    intake = Intake(runtime, "trimmer")
+    intake.ensure_group()
+    for _ in range(3):
+        xadd(redis_client, json.dumps(GOOD))
+    assert intake.poll_once(block_ms=10) == 3
+    stuck = xadd(redis_client, json.dumps(GOOD))
+    # Another consumer reads the fourth and has not settled it yet.
+    redis_client.xreadgroup("taskmaster-worker", "slow", {"taskmaster:intake": ">"}, count=1)
+    unread = xadd(redis_client, json.dumps(GOOD))
+    assert intake.trim_settled() == 3
+    assert [e.decode() for e, _ in redis_client.xrange("taskmaster:intake")] == [stuck, unread]
+    assert intake.poll_once(block_ms=10) == 1

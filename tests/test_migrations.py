@@ -17,7 +17,7 @@ from worker.db.models import Base
 from worker.db.session import make_engine
 from worker.errors import SchemaBehind
 
-HEAD = "0002"
+HEAD = "0003"
 
 # A later release's migration, for tests only: it records the settings the migration ran
 # under, which env.py is responsible for.
@@ -249,7 +249,9 @@ def test_cli_db_current_when_behind(
     monkeypatch.setenv("TASKMASTER_DATA_DIR", str(tmp_path / "var"))
 
     assert main(["db", "current"]) == 0
-    assert "at revision none, behind head 0002: run `taskmaster-worker db upgrade`" in capsys.readouterr().out
+    assert (
+        f"at revision none, behind head {HEAD}: run `taskmaster-worker db upgrade`" in capsys.readouterr().out
+    )
 
 
 def test_cli_db_upgrade_embedded_sqlite(

@@ -89,6 +89,26 @@ class Intake:
             if start in (b"0-0", "0-0"):
                 return handled
 
+    def trim_settled(self) -> int:
+        """Delete the entries every consumer has settled, so the stream does not grow forever.
+
+        What stays: entries still pending (read, not settled) and entries not yet read. XTRIM
+        MINID removes every entry below the oldest of those.
+        """
+        client = self.runtime.redis
+        summary: Any = client.xpending(self.keys.intake, self.keys.intake_group)
+        groups: Any = client.xinfo_groups(self.keys.intake)
+        last = next(
+            (g["last-delivered-id"] for g in groups if _text(g["name"]) == self.keys.intake_group), None
+        )
+        if last is None:
+            return 0
+        millis, _, seq = _text(last).partition("-")
+        keep_from = f"{millis}-{int(seq or 0) + 1}"
+        if summary["pending"] and summary["min"] is not None:
+            keep_from = min(keep_from, _text(summary["min"]), key=_stream_id)
+        return int(client.xtrim(self.keys.intake, minid=keep_from, approximate=False))
+
     def settle(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> int:
         records: list[Pending] = []
         types: list[str] = []
@@ -150,6 +170,7 @@ class Intake:
                 if now >= self._next_claim:
                     self._next_claim = now + CLAIM_INTERVAL_S
                     self.claim_stale()
+                    self.trim_settled()
                 self.poll_once(block_ms=500)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if self.healthy:
@@ -163,6 +184,15 @@ class Intake:
                 self.healthy = False
                 stop.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_id(entry: str) -> tuple[int, int]:
+    millis, _, seq = entry.partition("-")
+    return int(millis), int(seq or 0)
 
 
 def _describe(fields: dict[bytes, bytes] | None) -> bytes:

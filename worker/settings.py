@@ -65,7 +65,9 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout: Seconds = 30.0
-    job_modules: CsvList = Field(default_factory=lambda: ["jobs.email", "jobs.webhooks", "jobs.push"])
+    job_modules: CsvList = Field(
+        default_factory=lambda: ["jobs.email", "jobs.webhooks", "jobs.push", "jobs.notifications"]
+    )
 
     # Workers: 2 processes of 8 threads suit a 2-core machine whose jobs mostly wait on I/O.
     processes: int = Field(default=2, ge=1, le=64)

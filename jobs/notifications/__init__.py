@@ -1,4 +1,4 @@
-"""Notifications: users, preferences, the delivery decision, digests and their explanation.
+"""Notifications: users and their preferences, the decision per channel, digests, delivery."""
 
-The decision logic here is pure (no Redis, no SQL, no clock of its own); actors come later.
-"""
+from jobs.notifications import retention as retention
+from jobs.notifications import users as users

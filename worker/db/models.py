@@ -16,6 +16,7 @@ from worker.db.messaging import (
     NotificationLog,
     WebhookEndpoint,
 )
+from worker.db.notifications import NotificationDailyCount as NotificationDailyCount
 from worker.db.planning import CalendarEvent, Conflict, FocusBlock, Insight, ProductivityPattern, Task
 from worker.db.tracking import ProviderEvent as ProviderEvent
 from worker.db.tracking import Suppression as Suppression
