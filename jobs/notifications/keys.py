@@ -1,0 +1,51 @@
+"""Every Redis key of the notification sending side, in one place (under TASKMASTER_REDIS_PREFIX)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jobs.notifications.models import Channel
+
+
+@dataclass(frozen=True, slots=True)
+class NotifKeys:
+    prefix: str
+
+    def batch(self, user_id: str, channel: Channel) -> str:
+        """Hash: the open batch of one user and channel (items and ``m:*`` meta fields)."""
+        return f"{self.prefix}:notif:batch:{user_id}:{channel}"
+
+    def direct(self, delivery_id: str) -> str:
+        """Hash: one delivery waiting for the rate limiter, in the shape of a batch."""
+        return f"{self.prefix}:notif:direct:{delivery_id}"
+
+    def flushing(self, batch_id: str) -> str:
+        """Hash: a batch claimed by a flush, kept until its delivery is handed on."""
+        return f"{self.prefix}:notif:flushing:{batch_id}"
+
+    def caps(self, user_id: str, channel: Channel) -> str:
+        """Sorted set: the user's deliveries on a channel in the last day (member -> ms)."""
+        return f"{self.prefix}:notif:caps:{user_id}:{channel}"
+
+    def where(self, notification_id: str) -> str:
+        """Hash: channel -> "<batch key>\\n<field>" of a held notification, for cancel by id."""
+        return f"{self.prefix}:notif:where:{notification_id}"
+
+    def done(self, idempotency_key: str, channel: Channel) -> str:
+        """Marks a channel of a notification.send as handled, so a retry skips it."""
+        return f"{self.prefix}:notif:done:{idempotency_key}:{channel}"
+
+    @staticmethod
+    def flush_due(user_id: str, channel: Channel) -> str:
+        """The DueStore item that closes the open batch; putting it again moves the close."""
+        return f"notif:flush:{user_id}:{channel}"
+
+    @staticmethod
+    def direct_due(delivery_id: str) -> str:
+        return f"notif:direct:{delivery_id}"
+
+    @staticmethod
+    def rate_user(user_id: str) -> str:
+        return f"notif:user:{user_id}"
+
+    rate_global = "notif:global"

@@ -1,0 +1,89 @@
+-- The Redis state of notification batches and caps. Each script runs atomically, which is what
+-- makes a batch close exactly once and a cap admit exactly its limit under any concurrency.
+-- Sections are split by state.py on lines "--- name".
+
+--- add
+-- KEYS: batch, where. ARGV: field, item, new_id, now_ms, close_ms, max_items, user, channel,
+-- where_ttl_ms, direct. Returns {batch id, close ms, 1 when the close is new or earlier, items}.
+local created = 0
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'm:id', ARGV[3], 'm:opened', ARGV[4], 'm:close', ARGV[5], 'm:n', 0,
+    'm:received', 0, 'm:user', ARGV[7], 'm:channel', ARGV[8], 'm:direct', ARGV[10])
+  created = 1
+end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  redis.call('HINCRBY', KEYS[1], 'm:n', 1)
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'm:received', 1)
+local n = tonumber(redis.call('HGET', KEYS[1], 'm:n'))
+local close = tonumber(redis.call('HGET', KEYS[1], 'm:close'))
+local want = tonumber(ARGV[5])
+if n >= tonumber(ARGV[6]) then want = math.min(want, tonumber(ARGV[4])) end
+local moved = created
+if want < close then
+  close = want
+  redis.call('HSET', KEYS[1], 'm:close', close)
+  moved = 1
+end
+redis.call('HSET', KEYS[2], ARGV[8], KEYS[1] .. '\n' .. ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[9])
+return {redis.call('HGET', KEYS[1], 'm:id'), close, moved, n}
+
+--- claim
+-- KEYS: batch, flushing. ARGV: batch id, owner, lease_ms, now_ms.
+-- Returns 1 claimed now, 2 resumed (same owner, or a lapsed lease), 3 held by another, 0 gone.
+local now = tonumber(ARGV[4])
+if redis.call('HGET', KEYS[1], 'm:id') == ARGV[1] then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('HSET', KEYS[2], 'm:owner', ARGV[2], 'm:lease', now + tonumber(ARGV[3]))
+  return 1
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local owner = redis.call('HGET', KEYS[2], 'm:owner')
+  local lease = tonumber(redis.call('HGET', KEYS[2], 'm:lease'))
+  if owner == ARGV[2] or lease <= now then
+    redis.call('HSET', KEYS[2], 'm:owner', ARGV[2], 'm:lease', now + tonumber(ARGV[3]))
+    return 2
+  end
+  return 3
+end
+return 0
+
+--- cancel
+-- KEYS: batch. ARGV: field, notification id ('' for any). Returns 0 none, 1 removed, 2 removed
+-- the last item (the batch is gone; its close, when it comes, finds nothing).
+local item = redis.call('HGET', KEYS[1], ARGV[1])
+if not item then return 0 end
+if ARGV[2] ~= '' and cjson.decode(item)['notification_id'] ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HINCRBY', KEYS[1], 'm:n', -1) <= 0 then
+  redis.call('DEL', KEYS[1])
+  return 2
+end
+return 1
+
+--- caps
+-- KEYS: the user's deliveries on a channel. ARGV: now_ms, per_hour, per_day (0: none), member,
+-- mode ('peek', 'take': count when under both caps, 'force': count regardless).
+-- Returns {admitted, last hour, last day, hour room ms or -1, day room ms or -1} (before counting).
+local now = tonumber(ARGV[1])
+local hour_ms, day_ms = 3600000, 86400000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - day_ms)
+local hour = redis.call('ZCOUNT', KEYS[1], '(' .. (now - hour_ms), '+inf')
+local day = redis.call('ZCARD', KEYS[1])
+local function room(min, count, limit, window)
+  if limit <= 0 or count < limit then return -1 end
+  local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], min, '+inf', 'WITHSCORES', 'LIMIT', count - limit, 1)
+  return tonumber(oldest[2]) + window
+end
+local per_hour, per_day = tonumber(ARGV[2]), tonumber(ARGV[3])
+local hour_room = room('(' .. (now - hour_ms), hour, per_hour, hour_ms)
+local day_room = room('-inf', day, per_day, day_ms)
+local admitted = 0
+if ARGV[5] == 'force' or (ARGV[5] == 'take' and hour_room == -1 and day_room == -1) then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], day_ms)
+  admitted = 1
+end
+return {admitted, hour, day, hour_room, day_room}
