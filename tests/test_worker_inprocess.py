@@ -197,3 +197,30 @@ def test_python_client_submits_the_contract_envelope(redis_client: redis.Redis, 
         "id": "x1",
     }
     assert json.loads(entries[1][1][b"job"]) == {"type": "email.send", "data": {"to": "b@example.com"}}
+
+
+def test_send_at_holds_the_email_in_redis_until_due(harness: Harness, redis_client: redis.Redis) -> None:
+    """An email with a future send_at waits in the due-time store, then is sent once, as itself."""
+    from datetime import UTC, datetime, timedelta
+
+    from worker.due import DueStore
+
+    send_at = datetime.now(UTC) + timedelta(hours=2)
+    entry = harness.submit(
+        redis_client,
+        {
+            "type": "email.send",
+            "id": "later-1",
+            "data": {"to": "a@example.com", "subject": "Later", "text": "x", "send_at": send_at.isoformat()},
+        },
+    )
+    wait_for(lambda: [e for e in events(redis_client) if e["type"] == "email.scheduled"], what="the hold")
+    store = DueStore(redis_client, harness.runtime.keys)
+    assert store.count() == 1
+    outbox: Path = harness.runtime.settings.outbox_dir
+    assert not list(outbox.glob("*.eml"))
+    assert store.release_due(int((send_at + timedelta(seconds=1)).timestamp() * 1000)) == 1
+    (path,) = wait_for(lambda: list(outbox.glob("*.eml")), what="the email at its time")
+    assert "Subject: Later" in path.read_text()
+    (sent,) = wait_for(lambda: [e for e in events(redis_client) if e["type"] == "email.sent"])
+    assert sent["data"]["id"] == "later-1" and sent["data"]["entry"] == entry

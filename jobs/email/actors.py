@@ -47,6 +47,9 @@ def _with_template(ctx: JobContext, email: EmailSend, name: str) -> tuple[EmailS
 def send_email(ctx: JobContext, email: EmailSend) -> None:
     """Render its template if it has one, build the message once and hand it to the first
     provider of the chain that takes it; record each recipient and report the outcome."""
+    if email.send_at is not None and email.send_at > datetime.now(UTC):
+        _hold_until_send_at(ctx, email)
+        return
     template: TemplateSource | None = None
     if email.template is not None:
         email, template = _with_template(ctx, email, email.template)
@@ -115,6 +118,30 @@ def send_email(ctx: JobContext, email: EmailSend) -> None:
         delay_s = _backoff_s(ctx)
         log.info("email.recipients_deferred", recipients=len(later), retry_in_s=round(delay_s, 1))
         raise dramatiq.Retry(f"{len(later)} recipient(s) deferred by the server", delay=int(delay_s * 1000))
+
+
+def _hold_until_send_at(ctx: JobContext, email: EmailSend) -> None:
+    """Keep the email in the due-time store until its send_at; the same job runs then.
+
+    The key is the job's idempotency key, so a retried job holds it once, and the released job
+    keeps the host's id and entry, so its events still match what the host submitted.
+    """
+    from worker.due import DueStore
+
+    assert email.send_at is not None
+    job_type = ctx.runtime.registry.get("email.send")
+    assert job_type is not None
+    data = email.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"send_at"})
+    DueStore(ctx.runtime.redis, ctx.runtime.keys).put(
+        f"email.send_at:{ctx.idempotency_key}",
+        job_type,
+        data,
+        email.send_at,
+        job_id=ctx.job.id,
+        entry=ctx.job.entry,
+        submitted_ms=ctx.submitted_ms,
+    )
+    ctx.emit("email.scheduled", {"send_at": email.send_at.isoformat(), "to": email.to})
 
 
 def _only(email: EmailSend, recipients: list[str]) -> EmailSend:

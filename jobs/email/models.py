@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -75,6 +76,8 @@ class EmailSend(BaseModel):
     headers: dict[Line, Line] = Field(default_factory=dict)
     tags: list[Line] = Field(default_factory=list, max_length=20)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # When to send (ISO 8601 with an offset); held in Redis until then, not in a worker.
+    send_at: AwareDatetime | None = None
 
     @field_validator("subject")
     @classmethod
