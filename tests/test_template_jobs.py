@@ -66,8 +66,10 @@ def submit_and_wait(h: Harness, client: redis.Redis, job: dict[str, Any], event_
     return found[0]["data"]
 
 
-def outbox_message(h: Harness) -> EmailMessage:
-    (path,) = wait_for(lambda: list(h.runtime.settings.outbox_dir.glob("*.eml")), what="the .eml")
+def outbox_message(h: Harness, timeout_s: float = 10.0) -> EmailMessage:
+    (path,) = wait_for(
+        lambda: list(h.runtime.settings.outbox_dir.glob("*.eml")), timeout_s=timeout_s, what="the .eml"
+    )
     message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
     assert isinstance(message, EmailMessage)
     return message
@@ -182,8 +184,9 @@ def test_an_email_waits_for_its_template_then_uses_it(
         "data": {"name": "late", "subject": "{{ n }} tasks", "text": "{{ n }}"},
     }
     submit_and_wait(harness, redis_client, upsert, "template.upserted")
-    # Then the email is sent with it, and was never dead-lettered
-    assert outbox_message(harness)["Subject"] == "3 tasks"
+    # Then the email is sent with it (at its next retry: backoff doubles, up to a minute), and was
+    # never dead-lettered
+    assert outbox_message(harness, timeout_s=90)["Subject"] == "3 tasks"
     wait_for(
         lambda: [e for e in events(redis_client) if e["type"] == "email.sent" and e["data"]["entry"] == entry]
     )
