@@ -161,7 +161,7 @@ def tree_rss_mb(pid: int) -> list[float]:
     return sizes
 
 
-def startup(work: Path) -> tuple[float, list[float]]:
+def startup(work: Path) -> tuple[float, list[float], float]:
     workdir = Path(tempfile.mkdtemp(prefix="tmw-bench-", dir="/tmp"))
     try:
         env = daemon_env(workdir / "var", None)
@@ -176,8 +176,19 @@ def startup(work: Path) -> tuple[float, list[float]]:
         time.sleep(3)
         assert daemon.process is not None
         rss = tree_rss_mb(daemon.process.pid)
+        # The check: `enqueue` in another shell, the .eml in the outbox within 2 s.
+        started = time.monotonic()
+        subprocess.run(
+            [sys.executable, "-m", "worker.cli.main", "enqueue", "email.send", json.dumps(DATA)],
+            env=env,
+            cwd=workdir,
+            check=True,
+            capture_output=True,
+        )
+        wait_files(workdir / "var" / "outbox", 1, timeout_s=30)
+        enqueue_s = time.monotonic() - started
         daemon.stop()
-        return ready, rss
+        return ready, rss, enqueue_s
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -201,7 +212,7 @@ def main() -> None:
             p50, p99 = latency(server, daemon, work, ours / 2, args.latency_seconds)
         finally:
             daemon.stop()
-        ready_s, rss = startup(work)
+        ready_s, rss, enqueue_s = startup(work)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -214,6 +225,7 @@ def main() -> None:
         "  (goal: start p99 < 50 ms)"
     )
     print(f"start-up to ready (embedded defaults): {ready_s:.2f} s  (goal < 2 s)")
+    print(f"`enqueue` (CLI) to the .eml in the outbox (embedded defaults): {enqueue_s:.2f} s  (goal < 2 s)")
     print(f"idle RSS per process: {', '.join(f'{m:.0f} MB' for m in rss)}  (goal < 100 MB each)")
 
 
