@@ -184,6 +184,15 @@ def test_urgent_is_handed_to_email_now_and_recorded(rig: Rig) -> None:
     assert (row.user_id, row.channel, row.decision, row.reason) == ("u1", "email", "delivered", "urgent")
 
 
+def test_an_urgent_hand_over_goes_on_the_urgent_queue(rig: Rig) -> None:
+    """The email of an urgent notification is queued as urgent work; a high one as ordinary work."""
+    rig.user("u1")
+    rig.send(T0, "n1", priority="urgent")
+    rig.send(T0, "n2", priority="high")
+    queues = {m["kwargs"]["data"]["variables"]["title"]: m["queue_name"] for m in rig.queued("email.send")}
+    assert queues == {"title n1": "urgent", "title n2": "default"}
+
+
 def test_send_is_idempotent_per_envelope(rig: Rig) -> None:
     """The same envelope id decided twice (a retried job) hands over one email."""
     rig.user("u1")

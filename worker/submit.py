@@ -141,6 +141,7 @@ def enqueue(
     job_id: str | None = None,
     schedule: str | None = None,
     overlap_guard_ttl_s: float | None = None,
+    queue: str | None = None,
 ) -> Outcome:
     """Enqueue one job outside the intake (the scheduler's fires).
 
@@ -148,14 +149,18 @@ def enqueue(
     already be valid for ``job_type.model``. ``schedule`` names the firing entry: the runtime
     deletes ``keys.schedule_running(schedule)`` when that job finishes (or dies). With
     ``overlap_guard_ttl_s``, that key is checked and set in the same atomic step: while it is
-    held the job is not enqueued ("overlap").
+    held the job is not enqueued ("overlap"). ``queue`` overrides the job type's routing (an
+    urgent notification's email goes on the urgent queue); the type must declare that queue.
     """
     guard = None
     if overlap_guard_ttl_s is not None:
         if schedule is None:
             raise ValueError("an overlap guard needs the schedule entry's name")
         guard = (keys.schedule_running(schedule), overlap_guard_ttl_s)
-    queue = job_type.queue_for(job_type.model.model_validate(data))
+    if queue is None:
+        queue = job_type.queue_for(job_type.model.model_validate(data))
+    elif queue not in job_type.all_queues():
+        raise ValueError(f"job type {job_type.name!r} has no actor on the {queue!r} queue")
     record = job_record(
         keys,
         job_type,

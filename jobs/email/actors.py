@@ -30,20 +30,46 @@ def check_email_settings(settings: Settings) -> None:
 
 def _with_template(ctx: JobContext, email: EmailSend, name: str) -> tuple[EmailSend, TemplateSource]:
     """The email with the latest version of its template rendered into subject and bodies."""
-    source = find_template(TemplateStore(ctx.runtime.db), name)
+    source = load_template(TemplateStore(ctx.runtime.db), name)
+    return rendered(email, source), source
+
+
+def load_template(store: TemplateStore, name: str) -> TemplateSource:
+    """The latest version of template ``name``; NotReady while it does not exist."""
+    source = find_template(store, name)
     if source is None:
         # Not refused at intake: its `template.upsert` may still be on its way.
         raise NotReady(f"email template {name!r} does not exist (yet); add it with template.upsert")
+    return source
+
+
+def rendered(email: EmailSend, source: TemplateSource) -> EmailSend:
+    """The email with ``source`` rendered into its subject and bodies."""
     try:
-        rendered = render(source, email.variables, subject=email.subject)
+        result = render(source, email.variables, subject=email.subject)
     except RenderError as exc:
         # The same template and variables fail the same way on every attempt.
         raise PermanentError(str(exc)) from exc
-    update = {"subject": rendered.subject, "text": rendered.text, "html": rendered.html}
-    return email.model_copy(update=update), source
+    update = {"subject": result.subject, "text": result.text, "html": result.html}
+    return email.model_copy(update=update)
 
 
-@job("email.send", EmailSend, queue="default")
+def recipients_of(email: EmailSend) -> list[str]:
+    """To, Cc and Bcc, each address once, in that order."""
+    return list(dict.fromkeys([*email.to, *email.cc, *email.bcc]))
+
+
+def identity(message_id: str, template: TemplateSource | None) -> dict[str, object]:
+    """What every event of one email carries: its Message-ID, and its template if it has one."""
+    return {
+        "message_id": message_id,
+        **({"template": template.name, "template_version": template.version} if template else {}),
+    }
+
+
+# Also on the urgent and bulk queues: an urgent notification's email must not wait behind
+# ordinary mail, and bulk mail must not delay either.
+@job("email.send", EmailSend, queue="default", queues=("urgent", "bulk"))
 def send_email(ctx: JobContext, email: EmailSend) -> None:
     """Render its template if it has one, build the message once and hand it to the first
     provider of the chain that takes it; record each recipient and report the outcome."""
@@ -56,25 +82,22 @@ def send_email(ctx: JobContext, email: EmailSend) -> None:
     service = sender_for(ctx.runtime)
     key = ctx.idempotency_key
     message_id = stable_message_id(key)
-    recipients = list(dict.fromkeys([*email.to, *email.cc, *email.bcc]))
+    recipients = recipients_of(email)
     pending, blocked = service.records.begin(key, message_id, recipients)
     if not pending:
         return  # a retry of an email already handed over
-    identity = {
-        "message_id": message_id,
-        **({"template": template.name, "template_version": template.version} if template else {}),
-    }
+    about = identity(message_id, template)
     if blocked:
         for recipient, reason in blocked.items():
             service.records.finish(key, [recipient], status="failed", error=f"suppressed ({reason})")
-            ctx.emit("email.suppressed", {**identity, "to": [recipient], "reason": reason})
+            ctx.emit("email.suppressed", {**about, "to": [recipient], "reason": reason})
         pending = [r for r in pending if r not in blocked]
         if not pending:
             return
     if len(pending) < len(recipients):
         # Some recipients are done or suppressed: HTTP providers take recipients from the
         # message's own To and Cc, so those must list only who is still to be sent to.
-        email = _only(email, pending)
+        email = only(email, pending)
     date = datetime.fromtimestamp(ctx.submitted_ms / 1000, UTC)
     message = build_message(email, sender=ctx.runtime.settings.email_from, message_id=message_id, date=date)
     try:
@@ -85,11 +108,11 @@ def send_email(ctx: JobContext, email: EmailSend) -> None:
         )
         ctx.emit(
             "email.failed",
-            {**identity, "provider": exc.error.provider, "to": pending, "error": exc.error.message},
+            {**about, "provider": exc.error.provider, "to": pending, "error": exc.error.message},
         )
         return
     except ChainExhausted as exc:
-        delay_s = max(exc.retry_after_s or 0.0, _backoff_s(ctx))
+        delay_s = max(exc.retry_after_s or 0.0, backoff_s(ctx))
         log.warning("email.waiting_for_providers", retry_in_s=round(delay_s, 1), reasons=exc.reasons)
         raise dramatiq.Retry(str(exc), delay=int(delay_s * 1000)) from None
     sent = [r for r in pending if r not in result.refused]
@@ -101,21 +124,19 @@ def send_email(ctx: JobContext, email: EmailSend) -> None:
     refused = {r: reason for r, reason in result.refused.items() if r not in later}
     for recipient, reason in refused.items():
         service.records.finish(key, [recipient], status="failed", provider=result.provider, error=reason)
-        ctx.emit(
-            "email.failed", {**identity, "provider": result.provider, "to": [recipient], "error": reason}
-        )
+        ctx.emit("email.failed", {**about, "provider": result.provider, "to": [recipient], "error": reason})
     if result.fresh and sent:
         ctx.emit(
             "email.sent",
             {
-                **identity,
+                **about,
                 "provider": result.provider,
                 "provider_message_id": result.provider_message_id,
                 "to": sent,
             },
         )
     if later:
-        delay_s = _backoff_s(ctx)
+        delay_s = backoff_s(ctx)
         log.info("email.recipients_deferred", recipients=len(later), retry_in_s=round(delay_s, 1))
         raise dramatiq.Retry(f"{len(later)} recipient(s) deferred by the server", delay=int(delay_s * 1000))
 
@@ -144,7 +165,7 @@ def _hold_until_send_at(ctx: JobContext, email: EmailSend) -> None:
     ctx.emit("email.scheduled", {"send_at": email.send_at.isoformat(), "to": email.to})
 
 
-def _only(email: EmailSend, recipients: list[str]) -> EmailSend:
+def only(email: EmailSend, recipients: list[str]) -> EmailSend:
     keep = set(recipients)
     return email.model_copy(
         update={
@@ -155,7 +176,7 @@ def _only(email: EmailSend, recipients: list[str]) -> EmailSend:
     )
 
 
-def _backoff_s(ctx: JobContext) -> float:
+def backoff_s(ctx: JobContext) -> float:
     """Exponential backoff with jitter between TASKMASTER_JOB_MIN_BACKOFF and _MAX_BACKOFF."""
     settings = ctx.runtime.settings
     ceiling = min(settings.job_max_backoff, settings.job_min_backoff * 2**ctx.retries)

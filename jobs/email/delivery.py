@@ -9,6 +9,10 @@ For each provider in TASKMASTER_EMAIL_PROVIDERS order:
   provider when it takes an idempotency key (Resend), else passed on with the same Message-ID,
   and counted apart because the provider may have accepted it.
 When every provider is skipped or failed, `ChainExhausted` says when trying again makes sense.
+
+`send_batch` does the same for many emails, through each provider's batch endpoint in requests of
+its `max_batch`: per email, success or rejection settles it, anything else leaves it for the next
+provider, and what no provider took comes back as its last error for the caller to retry.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from email.message import EmailMessage
 
 from jobs.email import metrics
-from jobs.email.providers.base import Provider, SendResult
+from jobs.email.providers.base import BatchItem, Provider, SendResult
 from jobs.email.providers.errors import ProviderError
 from worker.breaker import CircuitBreaker
 from worker.errors import TaskmasterError
@@ -114,6 +118,104 @@ class Chain:
             return result
         raise ChainExhausted(reasons, min(waits) if waits else None)
 
+    def send_batch(self, items: Sequence[BatchItem]) -> list[SendResult | ProviderError]:
+        """Several emails through the chain; one SendResult or ProviderError per item, in order.
+
+        A ``rejected`` error is final; any other error is the last one the item met, and the item is
+        still to be sent (the caller retries it later). The rate limit counts one slot per request,
+        not per email: the providers with a batch endpoint limit requests (Resend: 2 requests/s,
+        a batch being one), and for the others a request is one email, as in ``send``.
+        """
+        outcomes: list[SendResult | ProviderError] = [
+            ProviderError("chain", "transient", "no email provider is configured")
+        ] * len(items)
+        # Items still to send; an item the provider is still processing (STILL_SENDING) leaves it
+        # for a retry, since another provider would send a second copy.
+        open_ = list(range(len(items)))
+        for provider in self.providers:
+            if not open_:
+                break
+            held: list[int] = []
+            for start in range(0, len(open_), max(1, provider.max_batch)):
+                chunk = open_[start : start + max(1, provider.max_batch)]
+                error = self._request_batch(provider, [items[i] for i in chunk], chunk, outcomes, held)
+                if error is not None:
+                    # The provider is down, throttled or refusing our credentials: the rest of the
+                    # batch goes to the next provider instead of meeting the same failure.
+                    rest = open_[start + len(chunk) :]
+                    for index in rest:
+                        outcomes[index] = error
+                    if rest:
+                        metrics.FAILOVERS.labels(provider.name, error.kind).inc(len(rest))
+                    break
+            open_ = [i for i in open_ if _unsettled(outcomes[i]) and i not in held]
+        return outcomes
+
+    def _request_batch(
+        self,
+        provider: Provider,
+        batch: Sequence[BatchItem],
+        indexes: Sequence[int],
+        outcomes: list[SendResult | ProviderError],
+        held: list[int],
+    ) -> ProviderError | None:
+        """One request of ``batch`` to ``provider``, its outcomes written at ``indexes``.
+
+        Returns the error that failed the whole request (it is not worth asking again now), else None.
+        """
+        name = provider.name
+        breaker = self.breakers.get(name)
+        failed: ProviderError | None = None
+        wait_s = self._rate_wait(name)
+        if wait_s is not None:
+            failed = ProviderError(name, "transient", f"rate limited for {wait_s:.1f}s", retry_after_s=wait_s)
+        elif breaker is not None and not breaker.allow():
+            failed = ProviderError(name, "transient", "circuit open")
+        if failed is not None:
+            for index in indexes:
+                outcomes[index] = failed
+            metrics.FAILOVERS.labels(name, "rate_limited" if wait_s else "breaker_open").inc(len(indexes))
+            return failed
+        results = self._attempt_batch(provider, batch)
+        answered = False
+        for index, result in zip(indexes, results, strict=True):
+            outcomes[index] = result
+            if isinstance(result, SendResult):
+                answered = True
+                metrics.SENT.labels(name).inc()
+            elif result.kind == "rejected":
+                answered = True  # the provider answered; the email was at fault
+                metrics.REJECTED.labels(name).inc()
+            elif result.code in STILL_SENDING:
+                answered = True
+                held.append(index)
+            else:
+                if result.outcome == "unknown":
+                    metrics.UNKNOWN_OUTCOME_FAILOVERS.labels(name).inc()
+                metrics.FAILOVERS.labels(name, result.kind).inc()
+        if answered:
+            if breaker is not None:
+                breaker.record_success()
+            return None
+        # Every item failed without the provider taking any: one failure of one request.
+        if breaker is not None:
+            breaker.record_failure()
+        error = results[0]
+        assert isinstance(error, ProviderError)
+        log.warning("email.batch_failover", provider=name, kind=error.kind, emails=len(batch))
+        return error
+
+    def _attempt_batch(
+        self, provider: Provider, batch: Sequence[BatchItem]
+    ) -> list[SendResult | ProviderError]:
+        results = provider.send_batch(batch)
+        unknown = all(isinstance(r, ProviderError) and r.outcome == "unknown" for r in results)
+        if not unknown or provider.name not in IDEMPOTENT:
+            return results
+        # The same items make the same batch key, so asking again answers with what was done.
+        log.info("email.retry_same_provider", provider=provider.name, emails=len(batch))
+        return provider.send_batch(batch)
+
     def _attempt(
         self, provider: Provider, message: EmailMessage, idempotency_key: str, envelope_to: list[str]
     ) -> SendResult:
@@ -139,3 +241,7 @@ class Chain:
             if time.monotonic() + decision.retry_after_s > deadline:
                 return decision.retry_after_s
             time.sleep(decision.retry_after_s)
+
+
+def _unsettled(outcome: SendResult | ProviderError) -> bool:
+    return isinstance(outcome, ProviderError) and outcome.kind != "rejected"

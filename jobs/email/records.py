@@ -10,9 +10,10 @@ kind of change, to keep the SQL cost of the hot path small.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -21,6 +22,34 @@ from worker.db.messaging import EmailDelivery
 from worker.db.tracking import Suppression
 
 MAX_ERROR_CHARS = 2000
+# Rows per statement of the batched calls: well under SQLite's 32,766 and PostgreSQL's 65,535
+# bound parameters at 7 a row.
+ROWS_PER_STATEMENT = 1000
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One email of a batch: its key, Message-ID and recipients."""
+
+    idempotency_key: str
+    message_id: str
+    recipients: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a batch's attempt ended for one recipient (``finish_many``)."""
+
+    idempotency_key: str
+    recipient: str
+    status: str
+    provider: str | None = None
+    provider_message_id: str | None = None
+    error: str | None = None
+
+
+# What begin returns for one email: the recipients to send to, and the suppressed ones with why.
+Begun = tuple[list[str], dict[str, str]]
 
 
 class DeliveryRecords:
@@ -102,6 +131,90 @@ class DeliveryRecords:
                 .values(**values)
             )
 
+    def begin_many(self, attempts: Sequence[Attempt]) -> list[Begun]:
+        """``begin`` for many emails in one transaction; one answer per attempt, in order."""
+        now = datetime.now(UTC)
+        unique = [list(dict.fromkeys(a.recipients)) for a in attempts]
+        rows = [
+            {
+                "idempotency_key": a.idempotency_key,
+                "message_id": a.message_id,
+                "recipient": recipient,
+                "status": "queued",
+                "attempts": 1,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for a, recipients in zip(attempts, unique, strict=True)
+            for recipient in recipients
+        ]
+        pending: set[tuple[str, str]] = set()
+        with self._engine.begin() as conn:
+            for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                upsert = (
+                    self._insert(EmailDelivery)
+                    .values(rows[start : start + ROWS_PER_STATEMENT])
+                    .on_conflict_do_update(
+                        index_elements=["idempotency_key", "recipient"],
+                        set_={"attempts": EmailDelivery.attempts + 1, "updated_at": now},
+                        where=EmailDelivery.status == "queued",
+                    )
+                    .returning(EmailDelivery.idempotency_key, EmailDelivery.recipient)
+                )
+                pending.update((key, recipient) for key, recipient in conn.execute(upsert))
+            blocked = _suppressed_many(conn, [r for key, r in pending])
+        answers: list[Begun] = []
+        for a, recipients in zip(attempts, unique, strict=True):
+            mine = [r for r in recipients if (a.idempotency_key, r) in pending]
+            answers.append((mine, {r: blocked[r] for r in mine if r in blocked}))
+        return answers
+
+    def finish_many(self, outcomes: Sequence[Outcome]) -> None:
+        """``finish`` for many recipients of many emails in one transaction (one executemany)."""
+        if not outcomes:
+            return
+        now = datetime.now(UTC)
+        params = [
+            {
+                "b_key": o.idempotency_key,
+                "b_recipient": o.recipient,
+                "b_status": o.status,
+                "b_provider": o.provider,
+                "b_provider_message_id": o.provider_message_id,
+                "b_sent_at": now if o.status == "sent" else None,
+                "b_error": None if o.error is None else o.error[:MAX_ERROR_CHARS],
+            }
+            for o in outcomes
+        ]
+        # Only queued rows change, as in finish; a value not given keeps the row's own.
+        statement = (
+            update(EmailDelivery)
+            .where(
+                EmailDelivery.idempotency_key == bindparam("b_key"),
+                EmailDelivery.recipient == bindparam("b_recipient"),
+                EmailDelivery.status == "queued",
+            )
+            .values(
+                status=bindparam("b_status", type_=EmailDelivery.status.type),
+                updated_at=now,
+                provider=func.coalesce(
+                    bindparam("b_provider", type_=EmailDelivery.provider.type), EmailDelivery.provider
+                ),
+                provider_message_id=func.coalesce(
+                    bindparam("b_provider_message_id", type_=EmailDelivery.provider_message_id.type),
+                    EmailDelivery.provider_message_id,
+                ),
+                sent_at=func.coalesce(
+                    bindparam("b_sent_at", type_=EmailDelivery.sent_at.type), EmailDelivery.sent_at
+                ),
+                last_error=func.coalesce(
+                    bindparam("b_error", type_=EmailDelivery.last_error.type), EmailDelivery.last_error
+                ),
+            )
+        )
+        with self._engine.begin() as conn:
+            conn.execute(statement, params)
+
 
 class OutboxRecords:
     """For a chain of the outbox alone: the `.eml` file, named by the idempotency key, is the
@@ -131,6 +244,15 @@ class OutboxRecords:
     ) -> None:
         return None
 
+    def begin_many(self, attempts: Sequence[Attempt]) -> list[Begun]:
+        unique = [list(dict.fromkeys(a.recipients)) for a in attempts]
+        with self._engine.connect() as conn:
+            blocked = _suppressed_many(conn, [r for recipients in unique for r in recipients])
+        return [(recipients, {r: blocked[r] for r in recipients if r in blocked}) for recipients in unique]
+
+    def finish_many(self, outcomes: Sequence[Outcome]) -> None:
+        return None
+
 
 Records = DeliveryRecords | OutboxRecords
 
@@ -142,3 +264,12 @@ def _suppressed(conn: Connection, recipients: Sequence[str]) -> dict[str, str]:
         select(Suppression.address, Suppression.reason).where(Suppression.address.in_(list(by_key)))
     ).all()
     return {by_key[address]: reason for address, reason in rows}
+
+
+def _suppressed_many(conn: Connection, recipients: Sequence[str]) -> dict[str, str]:
+    """``_suppressed`` for any number of recipients, a bounded IN list at a time."""
+    unique = list(dict.fromkeys(recipients))
+    blocked: dict[str, str] = {}
+    for start in range(0, len(unique), ROWS_PER_STATEMENT):
+        blocked.update(_suppressed(conn, unique[start : start + ROWS_PER_STATEMENT]))
+    return blocked

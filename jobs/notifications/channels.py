@@ -63,6 +63,10 @@ class Delivery:
     def digest(self) -> bool:
         return isinstance(self.message, DigestView)
 
+    @property
+    def urgent(self) -> bool:
+        return any(item.priority == "urgent" for item in self.items)
+
 
 def has_target(recipient: Recipient, channel: Channel) -> bool:
     """Whether the user can be reached there at all (webhook endpoints are looked up at hand-over)."""
@@ -82,7 +86,7 @@ def deliver(runtime: Runtime, recipient: Recipient, delivery: Delivery) -> Outco
     return _webhook(runtime, recipient, delivery)
 
 
-def _enqueue(runtime: Runtime, job_name: str, data: dict[str, Any], key: str) -> Outcome:
+def _enqueue(runtime: Runtime, job_name: str, data: dict[str, Any], delivery: Delivery) -> Outcome:
     job_type = runtime.registry.get(job_name)
     if job_type is None:
         raise ChannelError(f"{job_name} is not loaded: add its module to TASKMASTER_JOB_MODULES")
@@ -91,9 +95,11 @@ def _enqueue(runtime: Runtime, job_name: str, data: dict[str, Any], key: str) ->
         runtime.keys,
         job_type,
         data,
-        idempotency_key=key,
+        idempotency_key=delivery.key,
         idempotency_ttl_s=runtime.settings.idempotency_ttl,
-        job_id=key,
+        job_id=delivery.key,
+        # An urgent notification's hand-over must not wait behind ordinary work either.
+        queue="urgent" if delivery.urgent else None,
     )
     return "sent" if outcome == "enqueued" else "duplicate"
 
@@ -131,7 +137,7 @@ def _email(runtime: Runtime, recipient: Recipient, delivery: Delivery) -> Outcom
         "tags": ["notification"],
         "metadata": {"notification_ids": delivery.notification_ids[:50]},
     }
-    return _enqueue(runtime, "email.send", data, delivery.key)
+    return _enqueue(runtime, "email.send", data, delivery)
 
 
 def _kept(delivery: Delivery) -> list[DigestItem]:
@@ -163,7 +169,7 @@ def _push(runtime: Runtime, recipient: Recipient, delivery: Delivery) -> Outcome
             "title": message.subject[:1024],
             "body": render_text(message)[:_PUSH_BODY_CHARS],
         }
-    return _enqueue(runtime, "push.send", data, delivery.key)
+    return _enqueue(runtime, "push.send", data, delivery)
 
 
 def _webhook(runtime: Runtime, recipient: Recipient, delivery: Delivery) -> Outcome:

@@ -17,7 +17,7 @@ def check_push_settings(settings: Settings) -> None:
     check_credentials_file(settings)
 
 
-@job("push.send", PushSend, queue="default", public=False)
+@job("push.send", PushSend, queue="default", queues=("urgent",), public=False)
 def send_push(ctx: JobContext, push: PushSend) -> None:
     """Send to each device of the user; report each one; retry only the devices not settled."""
     # Imported here: google-auth and requests cost every process ~15 MB, and only the worker
