@@ -166,14 +166,20 @@ def _hold_until_send_at(ctx: JobContext, email: EmailSend) -> None:
 
 
 def only(email: EmailSend, recipients: list[str]) -> EmailSend:
+    """The email addressed to ``recipients`` alone.
+
+    When none of its To recipients is left, the Cc (else Bcc) recipients move up to To: the HTTP
+    APIs refuse a message without one, and they are who this attempt is for.
+    """
     keep = set(recipients)
-    return email.model_copy(
-        update={
-            "to": [r for r in email.to if r in keep],
-            "cc": [r for r in email.cc if r in keep],
-            "bcc": [r for r in email.bcc if r in keep],
-        }
-    )
+    to = [r for r in email.to if r in keep]
+    cc = [r for r in email.cc if r in keep]
+    bcc = [r for r in email.bcc if r in keep]
+    if not to and cc:
+        to, cc = cc, []
+    elif not to:
+        to, bcc = bcc, []
+    return email.model_copy(update={"to": to, "cc": cc, "bcc": bcc})
 
 
 def backoff_s(ctx: JobContext) -> float:
