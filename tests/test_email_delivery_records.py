@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from email import message_from_bytes
+from email.utils import getaddresses
 
 import dramatiq
 import pytest
@@ -18,6 +20,7 @@ from prometheus_client import REGISTRY
 
 from jobs.email.message import stable_message_id
 from jobs.email.sender import sender_for
+from tests.fakes import addresses_in
 from tests.fakes.smtp import FakeSMTP
 from tests.helpers import wait_for
 from tests.test_email_failover import (
@@ -190,13 +193,7 @@ def test_a_job_that_died_mid_send_sends_again_under_the_same_message_id(
     assert (record.status, record.attempts, record.provider) == ("sent", 2, "postmark")
 
 
-@pytest.mark.parametrize(
-    "provider",
-    [
-        "smtp",
-        "postmark",
-    ],
-)
+@pytest.mark.parametrize("provider", ["smtp", "postmark"])
 def test_the_cc_of_a_suppressed_to_recipient_is_sent(
     smtp: FakeSMTP,
     postmark: OutagePostmark,
@@ -217,3 +214,40 @@ def test_the_cc_of_a_suppressed_to_recipient_is_sent(
     assert not h.events_of("email.failed"), h.events_of("email.failed")
     handed = smtp_recipients(smtp) if provider == "smtp" else [c.recipient for c in postmark_copies(postmark)]
     assert handed == [ADA]
+
+
+def visible_to_each(smtp: FakeSMTP, postmark: OutagePostmark) -> list[tuple[set[str], set[str]]]:
+    """For each message a fake accepted: who it went to, and the addresses its To and Cc show them."""
+    seen = []
+    for received in smtp.received:
+        headers = message_from_bytes(received.content)
+        shown = {a for _, a in getaddresses([*headers.get_all("To", []), *headers.get_all("Cc", [])])}
+        seen.append((set(received.rcpt_tos), shown))
+    for accepted in list(postmark.accepted):
+        shown = set(addresses_in(str(accepted.payload.get("To") or "")))
+        shown |= set(addresses_in(str(accepted.payload.get("Cc") or "")))
+        seen.append((shown | set(addresses_in(str(accepted.payload.get("Bcc") or ""))), shown))
+    return seen
+
+
+@pytest.mark.parametrize("provider", ["smtp", "postmark"])
+def test_bcc_recipients_left_alone_do_not_see_each_other(
+    smtp: FakeSMTP, postmark: OutagePostmark, start_mail: StartMail, provider: str
+) -> None:
+    """With its To recipient suppressed, an email still reaches its Bcc recipients, and no copy shows
+    one Bcc recipient the address of another."""
+    h = start_mail(provider_env(smtp=smtp, postmark=postmark, order=provider))
+    h.submit(
+        h.client, {"type": "suppression.add", "id": "block-bob", "data": {"address": BOB, "reason": "bounce"}}
+    )
+    h.event("suppression.added", "block-bob")
+
+    h.send("bcc-only", BOB, bcc=[ADA, CY])
+    h.event("email.sent", "bcc-only")
+    h.worker.join()
+
+    seen = visible_to_each(smtp, postmark)
+    assert set().union(*(recipients for recipients, _ in seen)) == {ADA, CY}
+    for recipients, shown in seen:
+        for recipient in recipients:
+            assert shown & {ADA, CY} <= {recipient}, f"{recipient} is shown {sorted(shown)}"

@@ -11,7 +11,7 @@ from jobs.email.delivery import ChainExhausted, EmailRejected
 from jobs.email.message import build_message, stable_message_id
 from jobs.email.models import EmailSend
 from jobs.email.providers.factory import check_provider_settings
-from jobs.email.sender import sender_for
+from jobs.email.sender import Sender, sender_for
 from jobs.email.template_store import TemplateStore, find_template
 from jobs.email.templating import RenderError, TemplateSource, render
 from worker.context import JobContext
@@ -94,35 +94,61 @@ def send_email(ctx: JobContext, email: EmailSend) -> None:
         pending = [r for r in pending if r not in blocked]
         if not pending:
             return
+    copies: list[tuple[EmailSend, str, list[str]]] = [(email, key, pending)]
     if len(pending) < len(recipients):
         # Some recipients are done or suppressed: HTTP providers take recipients from the
         # message's own To and Cc, so those must list only who is still to be sent to.
         email = only(email, pending)
+        copies = [(email, key, pending)]
+        if not email.to:
+            # Only Bcc recipients are left: one copy each, so none sees the others.
+            copies = [(only_to(email, r), f"{key}:{r}", [r]) for r in pending]
+    later: dict[str, str] = {}
+    for copy, send_key, to in copies:
+        later |= _send(
+            ctx, service, copy, key=key, send_key=send_key, message_id=message_id, to=to, about=about
+        )
+    if later:
+        delay_s = backoff_s(ctx)
+        log.info("email.recipients_deferred", recipients=len(later), retry_in_s=round(delay_s, 1))
+        raise dramatiq.Retry(f"{len(later)} recipient(s) deferred by the server", delay=int(delay_s * 1000))
+
+
+def _send(
+    ctx: JobContext,
+    service: Sender,
+    email: EmailSend,
+    *,
+    key: str,
+    send_key: str,
+    message_id: str,
+    to: list[str],
+    about: dict[str, object],
+) -> dict[str, str]:
+    """Hand one message to the chain and record the outcome; return recipients to try later."""
     date = datetime.fromtimestamp(ctx.submitted_ms / 1000, UTC)
     message = build_message(email, sender=ctx.runtime.settings.email_from, message_id=message_id, date=date)
     try:
-        result = service.chain.send(message, idempotency_key=key, envelope_to=pending)
+        result = service.chain.send(message, idempotency_key=send_key, envelope_to=to)
     except EmailRejected as exc:
-        service.records.finish(
-            key, pending, status="failed", provider=exc.error.provider, error=exc.error.message
-        )
+        service.records.finish(key, to, status="failed", provider=exc.error.provider, error=exc.error.message)
         ctx.emit(
-            "email.failed",
-            {**about, "provider": exc.error.provider, "to": pending, "error": exc.error.message},
+            "email.failed", {**about, "provider": exc.error.provider, "to": to, "error": exc.error.message}
         )
-        return
+        return {}
     except ChainExhausted as exc:
         delay_s = max(exc.retry_after_s or 0.0, backoff_s(ctx))
         log.warning("email.waiting_for_providers", retry_in_s=round(delay_s, 1), reasons=exc.reasons)
         raise dramatiq.Retry(str(exc), delay=int(delay_s * 1000)) from None
-    sent = [r for r in pending if r not in result.refused]
+    sent = [r for r in to if r not in result.refused]
     service.records.finish(
         key, sent, status="sent", provider=result.provider, provider_message_id=result.provider_message_id
     )
     # A 4xx refusal of one recipient is transient (RFC 5321): it stays queued and is tried again.
     later = {r: reason for r, reason in result.refused.items() if reason.lstrip().startswith("4")}
-    refused = {r: reason for r, reason in result.refused.items() if r not in later}
-    for recipient, reason in refused.items():
+    for recipient, reason in result.refused.items():
+        if recipient in later:
+            continue
         service.records.finish(key, [recipient], status="failed", provider=result.provider, error=reason)
         ctx.emit("email.failed", {**about, "provider": result.provider, "to": [recipient], "error": reason})
     if result.fresh and sent:
@@ -135,10 +161,7 @@ def send_email(ctx: JobContext, email: EmailSend) -> None:
                 "to": sent,
             },
         )
-    if later:
-        delay_s = backoff_s(ctx)
-        log.info("email.recipients_deferred", recipients=len(later), retry_in_s=round(delay_s, 1))
-        raise dramatiq.Retry(f"{len(later)} recipient(s) deferred by the server", delay=int(delay_s * 1000))
+    return later
 
 
 def _hold_until_send_at(ctx: JobContext, email: EmailSend) -> None:
@@ -168,8 +191,9 @@ def _hold_until_send_at(ctx: JobContext, email: EmailSend) -> None:
 def only(email: EmailSend, recipients: list[str]) -> EmailSend:
     """The email addressed to ``recipients`` alone.
 
-    When none of its To recipients is left, the Cc (else Bcc) recipients move up to To: the HTTP
-    APIs refuse a message without one, and they are who this attempt is for.
+    When none of its To recipients is left, the Cc recipients move up to To: the HTTP APIs refuse
+    a message without one. Bcc recipients never do (they would see each other): a caller left
+    with Bcc alone sends each one a copy of its own (`only_to`).
     """
     keep = set(recipients)
     to = [r for r in email.to if r in keep]
@@ -177,9 +201,12 @@ def only(email: EmailSend, recipients: list[str]) -> EmailSend:
     bcc = [r for r in email.bcc if r in keep]
     if not to and cc:
         to, cc = cc, []
-    elif not to:
-        to, bcc = bcc, []
     return email.model_copy(update={"to": to, "cc": cc, "bcc": bcc})
+
+
+def only_to(email: EmailSend, recipient: str) -> EmailSend:
+    """A copy of the email addressed to ``recipient`` alone."""
+    return email.model_copy(update={"to": [recipient], "cc": [], "bcc": []})
 
 
 def backoff_s(ctx: JobContext) -> float:

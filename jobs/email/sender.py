@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from dataclasses import dataclass
 
 from jobs.email.delivery import Chain
@@ -34,6 +35,8 @@ def sender_for(runtime: Runtime) -> Sender:
             sender = _senders.get(id(runtime))
             if sender is None:
                 sender = _senders[id(runtime)] = build_sender(runtime)
+                # Forget it with its runtime: a later runtime at the same address is another.
+                weakref.finalize(runtime, _senders.pop, id(runtime), None)
     return sender
 
 
