@@ -224,3 +224,16 @@ def test_send_at_holds_the_email_in_redis_until_due(harness: Harness, redis_clie
     assert "Subject: Later" in path.read_text()
     (sent,) = wait_for(lambda: [e for e in events(redis_client) if e["type"] == "email.sent"])
     assert sent["data"]["id"] == "later-1" and sent["data"]["entry"] == entry
+
+
+def test_the_outbox_skips_suppressed_recipients(harness: Harness, redis_client: redis.Redis) -> None:
+    """With the outbox provider too, a suppressed address gets no email and the others do."""
+    harness.submit(redis_client, {"type": "suppression.add", "data": {"address": "gone@example.com"}})
+    wait_for(lambda: [e for e in events(redis_client) if e["type"] == "suppression.added"])
+    data = {"to": ["gone@example.com", "here@example.com"], "subject": "Hi", "text": "x"}
+    harness.submit(redis_client, {"type": "email.send", "id": "s-1", "data": data})
+    (suppressed,) = wait_for(lambda: [e for e in events(redis_client) if e["type"] == "email.suppressed"])
+    assert suppressed["data"]["to"] == ["gone@example.com"]
+    outbox: Path = harness.runtime.settings.outbox_dir
+    (path,) = wait_for(lambda: list(outbox.glob("*.eml")), what="the email to the other recipient")
+    assert "here@example.com" in path.read_text() and "gone@example.com" not in path.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -22,10 +23,24 @@ from pydantic_core import PydanticCustomError
 
 def _address(value: str) -> str:
     """Syntax only: the daemon never asks DNS (check_deliverability=False)."""
+    normalized = _normalized(value)
+    if normalized is None:
+        try:
+            validate_email(value, check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise ValueError(f"{value!r} is not a valid email address: {exc}") from None
+        raise AssertionError("validate_email accepted an address it refused")  # pragma: no cover
+    return normalized
+
+
+@functools.lru_cache(maxsize=65536)
+def _normalized(value: str) -> str | None:
+    """The normalized address, or None when invalid; cached, since each email is validated at
+    intake and again in the worker, and the same users' addresses come back all day."""
     try:
         return validate_email(value, check_deliverability=False).normalized
-    except EmailNotValidError as exc:
-        raise ValueError(f"{value!r} is not a valid email address: {exc}") from None
+    except EmailNotValidError:
+        return None
 
 
 def _one_or_many(value: object) -> object:

@@ -9,6 +9,7 @@ kind of change, to keep the SQL cost of the hot path small.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -220,16 +221,26 @@ class OutboxRecords:
     """For a chain of the outbox alone: the `.eml` file, named by the idempotency key, is the
     record that the email was handed over (its provider writes it once). Keeping SQL rows too
     would serialise every email of every worker on SQLite's single write lock for nothing: no
-    provider event ever follows an outbox email. Suppressions still apply."""
+    provider event ever follows an outbox email. Suppressions still apply; whether there are
+    any at all is checked at most once a second, so an empty list costs no query per email (a
+    suppression added meanwhile applies within that second)."""
+
+    RECHECK_S = 1.0
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._none_until = 0.0  # monotonic time until which the list is known to be empty
 
     def begin(
         self, idempotency_key: str, message_id: str, recipients: Sequence[str]
     ) -> tuple[list[str], dict[str, str]]:
         unique = list(dict.fromkeys(recipients))
+        if time.monotonic() < self._none_until:
+            return unique, {}
         with self._engine.connect() as conn:
+            if conn.execute(select(Suppression.address).limit(1)).first() is None:
+                self._none_until = time.monotonic() + self.RECHECK_S
+                return unique, {}
             return unique, _suppressed(conn, unique)
 
     def finish(
