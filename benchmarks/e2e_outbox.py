@@ -31,7 +31,7 @@ import redis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.daemon import Daemon, daemon_env  # noqa: E402
+from tests.daemon import Daemon, children_of, daemon_env  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 DATA = {"to": "someone@example.com", "subject": "Benchmark", "text": "Hello from the benchmark.\n" * 10}
@@ -144,15 +144,7 @@ def latency(
 
 
 def tree_rss_mb(pid: int) -> list[float]:
-    pids = [pid]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                pids.append(int(entry))
+    pids = [pid, *children_of(pid)]
     sizes = []
     for p in pids:
         for line in Path(f"/proc/{p}/status").read_text().splitlines():

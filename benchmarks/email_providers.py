@@ -50,7 +50,7 @@ from jobs.email.providers.postmark import PostmarkProvider  # noqa: E402
 from jobs.email.providers.sendgrid import SendGridProvider  # noqa: E402
 from jobs.email.template_store import find_template  # noqa: E402
 from jobs.email.templating import render  # noqa: E402
-from tests.daemon import Daemon, daemon_env  # noqa: E402
+from tests.daemon import Daemon, children_of, daemon_env  # noqa: E402
 from tests.fakes.http import FakeHTTPServer, Reply, Request  # noqa: E402
 from tests.fakes.postmark import FakePostmark  # noqa: E402
 from tests.fakes.sendgrid import FakeSendGrid  # noqa: E402
@@ -197,16 +197,7 @@ def cpu_s(pids: list[int]) -> float:
 
 
 def process_tree(pid: int) -> list[int]:
-    pids = [pid]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                pids.append(int(entry))
-    return pids
+    return [pid, *children_of(pid)]
 
 
 def daemon_rate(

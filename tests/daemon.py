@@ -17,6 +17,21 @@ from tests.redis_server import free_port
 REPO = Path(__file__).resolve().parent.parent
 
 
+def children_of(pid: int) -> list[int]:
+    """The direct children of process ``pid``, read from /proc (Linux)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            # The parent pid is the second field after the command name, which may hold spaces.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
 def daemon_env(data_dir: Path, redis_url: str | None, **extra: str) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

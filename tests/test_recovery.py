@@ -12,24 +12,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.daemon import Daemon, daemon_env
+from tests.daemon import Daemon, children_of, daemon_env
 from tests.helpers import wait_for
 from tests.redis_server import RedisServer
 from worker.daemon import EXIT_RECYCLE, WorkerProcesses
 from worker.middleware.maintenance import Maintenance
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
 
 
 @pytest.mark.slow
