@@ -39,7 +39,7 @@ INTAKE_CLAIMED = Counter(
 WORKER_RECYCLED = Counter(
     "taskmaster_worker_recycled_total", "Worker processes recycled for passing the memory ceiling"
 )
-REQUEUED_FROM_DEAD_WORKERS = Counter(
+MAINTENANCE_PASSES = Counter(
     "taskmaster_maintenance_passes_total", "Maintenance passes returning dead workers' messages"
 )
 

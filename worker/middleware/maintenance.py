@@ -88,7 +88,7 @@ class Maintenance(Middleware):
         while not self._stop.wait(self.interval_s):
             try:
                 maintenance_pass(broker, self.queues)
-                metrics.REQUEUED_FROM_DEAD_WORKERS.inc()
+                metrics.MAINTENANCE_PASSES.inc()
             except Exception as exc:
                 log.warning("maintenance.failed", error=str(exc))
             used = rss_mb()
