@@ -12,7 +12,9 @@ hands over with the same key: one message.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -104,6 +106,28 @@ def iso(instant: datetime | None) -> str | None:
     return None if instant is None else instant.isoformat().replace("+00:00", "Z")
 
 
+# Log rows held back by `logged_together`, to be written in one transaction.
+_pending_rows: ContextVar[list[dict[str, Any]] | None] = ContextVar("_pending_rows", default=None)
+
+
+@contextmanager
+def logged_together(svc: Services) -> Iterator[None]:
+    """Write the log rows of every `record` inside in one transaction, at the end.
+
+    A notification decided on three channels would otherwise pay three commits (on SQLite, each
+    takes the database's single write lock).
+    """
+    rows: list[dict[str, Any]] = []
+    token = _pending_rows.set(rows)
+    try:
+        yield
+    finally:
+        _pending_rows.reset(token)
+        if rows:
+            with svc.runtime.db.begin() as connection:
+                connection.execute(insert(NotificationLog), rows)
+
+
 def record(
     svc: Services,
     emit: Emit,
@@ -129,7 +153,10 @@ def record(
         }
         for item in items
     ]
-    if rows:
+    pending = _pending_rows.get()
+    if pending is not None:
+        pending.extend(rows)
+    elif rows:
         with svc.runtime.db.begin() as connection:
             connection.execute(insert(NotificationLog), rows)
     data: dict[str, Any] = {

@@ -17,7 +17,15 @@ from jobs.notifications import metrics
 from jobs.notifications.channels import Delivery, has_target
 from jobs.notifications.decision import ChannelDecision, Counters, decide
 from jobs.notifications.digest import DigestItem, Single
-from jobs.notifications.flush import Emit, FlushJob, Services, delay_for_rate, hand_over, record
+from jobs.notifications.flush import (
+    Emit,
+    FlushJob,
+    Services,
+    delay_for_rate,
+    hand_over,
+    logged_together,
+    record,
+)
 from jobs.notifications.models import Channel, NotificationSend
 from jobs.notifications.profiles import Profile, load_profile
 from worker.errors import NotReady
@@ -81,11 +89,12 @@ def send(
     asked = notification.model_copy(update={"channels": channels}) if channels else None
     decision = decide(asked, prefs, profile.timezone, now, counters, digests, svc.rules) if asked else None
     metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
-    for d in decision.channels if decision else ():
-        _act(svc, emit, profile, notification, item, d, idempotency_key, now)
-        svc.runtime.redis.set(
-            svc.keys.done(idempotency_key, d.channel), "1", ex=int(settings.idempotency_ttl)
-        )
+    with logged_together(svc):
+        for d in decision.channels if decision else ():
+            _act(svc, emit, profile, notification, item, d, idempotency_key, now)
+            svc.runtime.redis.set(
+                svc.keys.done(idempotency_key, d.channel), "1", ex=int(settings.idempotency_ttl)
+            )
 
 
 def _act(
