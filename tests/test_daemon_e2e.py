@@ -50,6 +50,9 @@ def test_contract_from_outside(own_redis: RedisServer, tmp_path: Path) -> None:
         rejected = read_stream(client, "taskmaster:intake:rejected")
         assert len(rejected) == len(bad)
         assert all(fields["error"] and fields["entry"] for _, fields in rejected)
+        # A job is counted once its handler returned, just after its file appeared.
+        processed = 'taskmaster_jobs_processed_total{type="email.send"} 6.0'
+        wait_for(lambda: processed in daemon.get("/metrics")[1], what="the processed count")
         status, body = daemon.get("/metrics")
         assert status == 200
         assert 'taskmaster_jobs_accepted_total{type="email.send"} 6.0' in body
