@@ -60,40 +60,13 @@ class DeliveryRecords:
         self._engine = engine
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
-    def begin(
-        self, idempotency_key: str, message_id: str, recipients: Sequence[str]
-    ) -> tuple[list[str], dict[str, str]]:
-        """Record an attempt for each recipient not done yet, in one statement.
+    def begin(self, idempotency_key: str, message_id: str, recipients: Sequence[str]) -> Begun:
+        """Record an attempt for each recipient not done yet.
 
         Returns the recipients still to send to (new, or queued by an earlier attempt), and the
         recipients on the suppression list with the reason, read in the same transaction.
         """
-        now = datetime.now(UTC)
-        unique = list(dict.fromkeys(recipients))
-        rows = [
-            {
-                "idempotency_key": idempotency_key,
-                "message_id": message_id,
-                "recipient": recipient,
-                "status": "queued",
-                "attempts": 1,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for recipient in unique
-        ]
-        insert = self._insert(EmailDelivery).values(rows)
-        # A new recipient is inserted; one still queued counts another attempt; one already
-        # done is left alone and not returned (the WHERE of DO UPDATE), so it is not sent again.
-        upsert = insert.on_conflict_do_update(
-            index_elements=["idempotency_key", "recipient"],
-            set_={"attempts": EmailDelivery.attempts + 1, "updated_at": now},
-            where=EmailDelivery.status == "queued",
-        ).returning(EmailDelivery.recipient)
-        with self._engine.begin() as conn:
-            pending = {row[0] for row in conn.execute(upsert)}
-            blocked = _suppressed(conn, unique)
-        return [r for r in unique if r in pending], {r: why for r, why in blocked.items() if r in pending}
+        return self.begin_many([Attempt(idempotency_key, message_id, recipients)])[0]
 
     def finish(
         self,
@@ -231,17 +204,8 @@ class OutboxRecords:
         self._engine = engine
         self._none_until = 0.0  # monotonic time until which the list is known to be empty
 
-    def begin(
-        self, idempotency_key: str, message_id: str, recipients: Sequence[str]
-    ) -> tuple[list[str], dict[str, str]]:
-        unique = list(dict.fromkeys(recipients))
-        if time.monotonic() < self._none_until:
-            return unique, {}
-        with self._engine.connect() as conn:
-            if conn.execute(select(Suppression.address).limit(1)).first() is None:
-                self._none_until = time.monotonic() + self.RECHECK_S
-                return unique, {}
-            return unique, _suppressed(conn, unique)
+    def begin(self, idempotency_key: str, message_id: str, recipients: Sequence[str]) -> Begun:
+        return self.begin_many([Attempt(idempotency_key, message_id, recipients)])[0]
 
     def finish(
         self,
@@ -257,8 +221,13 @@ class OutboxRecords:
 
     def begin_many(self, attempts: Sequence[Attempt]) -> list[Begun]:
         unique = [list(dict.fromkeys(a.recipients)) for a in attempts]
-        with self._engine.connect() as conn:
-            blocked = _suppressed_many(conn, [r for recipients in unique for r in recipients])
+        blocked: dict[str, str] = {}
+        if time.monotonic() >= self._none_until:
+            with self._engine.connect() as conn:
+                if conn.execute(select(Suppression.address).limit(1)).first() is None:
+                    self._none_until = time.monotonic() + self.RECHECK_S
+                else:
+                    blocked = _suppressed_many(conn, [r for recipients in unique for r in recipients])
         return [(recipients, {r: blocked[r] for r in recipients if r in blocked}) for recipients in unique]
 
     def finish_many(self, outcomes: Sequence[Outcome]) -> None:
