@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -99,14 +98,9 @@ def _actor_fn(runtime: Runtime, job_type: JobType[Any]) -> Callable[..., None]:
                 # Waiting for a prerequisite is bounded by time (TASKMASTER_NOT_READY_MAX_AGE),
                 # not by the retry count meant for failures.
                 message.options["max_retries"] = retries + 1
-            raise dramatiq.Retry(str(exc), delay=_backoff_ms(retries, settings.job_min_backoff)) from None
+            # Capped at a minute, so a waiting job checks again at least that often.
+            raise dramatiq.Retry(str(exc), delay=int(1000 * ctx.backoff_s(cap_s=60.0))) from None
 
     run.__name__ = run.__qualname__ = job_type.name.replace(".", "_")
     run.__module__ = job_type.handler.__module__
     return run
-
-
-def _backoff_ms(retries: int, min_backoff_s: float, cap_s: float = 60.0) -> int:
-    """Exponential backoff with full jitter, capped so a waiting job checks at least each minute."""
-    ceiling = min(cap_s, min_backoff_s * 2**retries)
-    return int(1000 * random.uniform(ceiling / 2, ceiling))

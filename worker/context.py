@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,15 @@ class JobContext:
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
         """Report an outcome on the events stream, tagged with this job's id and entry."""
         self.runtime.events.publish(event_type, data, job=self.job)
+
+    def backoff_s(self, cap_s: float | None = None) -> float:
+        """How long to wait before trying this job again: exponential from
+        TASKMASTER_JOB_MIN_BACKOFF by its retries so far, capped (by default at
+        TASKMASTER_JOB_MAX_BACKOFF), with jitter over the upper half."""
+        settings = self.runtime.settings
+        cap = settings.job_max_backoff if cap_s is None else cap_s
+        ceiling = min(cap, settings.job_min_backoff * 2**self.retries)
+        return random.uniform(ceiling / 2, ceiling)
 
     @property
     def idempotency_key(self) -> str:

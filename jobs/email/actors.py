@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from datetime import UTC, datetime
 
 import dramatiq
@@ -109,7 +108,7 @@ def send_email(ctx: JobContext, email: EmailSend) -> None:
             ctx, service, copy, key=key, send_key=send_key, message_id=message_id, to=to, about=about
         )
     if later:
-        delay_s = backoff_s(ctx)
+        delay_s = ctx.backoff_s()
         log.info("email.recipients_deferred", recipients=len(later), retry_in_s=round(delay_s, 1))
         raise dramatiq.Retry(f"{len(later)} recipient(s) deferred by the server", delay=int(delay_s * 1000))
 
@@ -137,7 +136,7 @@ def _send(
         )
         return {}
     except ChainExhausted as exc:
-        delay_s = max(exc.retry_after_s or 0.0, backoff_s(ctx))
+        delay_s = max(exc.retry_after_s or 0.0, ctx.backoff_s())
         log.warning("email.waiting_for_providers", retry_in_s=round(delay_s, 1), reasons=exc.reasons)
         raise dramatiq.Retry(str(exc), delay=int(delay_s * 1000)) from None
     sent = [r for r in to if r not in result.refused]
@@ -207,10 +206,3 @@ def only(email: EmailSend, recipients: list[str]) -> EmailSend:
 def only_to(email: EmailSend, recipient: str) -> EmailSend:
     """A copy of the email addressed to ``recipient`` alone."""
     return email.model_copy(update={"to": [recipient], "cc": [], "bcc": []})
-
-
-def backoff_s(ctx: JobContext) -> float:
-    """Exponential backoff with jitter between TASKMASTER_JOB_MIN_BACKOFF and _MAX_BACKOFF."""
-    settings = ctx.runtime.settings
-    ceiling = min(settings.job_max_backoff, settings.job_min_backoff * 2**ctx.retries)
-    return random.uniform(ceiling / 2, ceiling)

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import dramatiq
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from jobs.email.actors import backoff_s, identity, load_template, only, recipients_of, rendered
+from jobs.email.actors import identity, load_template, only, recipients_of, rendered
 from jobs.email.message import build_message, stable_message_id
 from jobs.email.models import EmailSend
 from jobs.email.providers.base import BatchItem, SendResult
@@ -115,7 +115,7 @@ def send_email_batch(ctx: JobContext, batch: EmailBatch) -> None:
     report.publish()
     if left:
         # As for one email: no sooner than the earliest a provider said it could take them.
-        delay_s = max(min(waits, default=0.0), backoff_s(ctx))
+        delay_s = max(min(waits, default=0.0), ctx.backoff_s())
         log.warning("email.batch_left_for_later", emails=left, retry_in_s=round(delay_s, 1))
         raise dramatiq.Retry(f"{left} email(s) left for later", delay=int(delay_s * 1000))
 
