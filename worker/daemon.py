@@ -19,7 +19,7 @@ from typing import Any
 
 from worker.errors import ConfigError, SchemaBehind
 from worker.logging import get_logger
-from worker.registry import load_job_modules
+from worker.registry import load_checked
 from worker.runtime import Runtime
 from worker.settings import Settings
 
@@ -116,12 +116,7 @@ class Daemon:
         """Everything that can fail on configuration, before anything starts."""
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        registry = load_job_modules(settings.job_modules)
-        registry.check_settings(settings)
-        if self.role in ("all", "scheduler"):
-            from worker.scheduler.config import load_schedule
-
-            load_schedule(settings.schedules_file, registry)
+        registry = load_checked(settings, schedule=self.role in ("all", "scheduler"))
         self._prepare_database()
         if settings.embedded_redis:
             from worker.embedded_redis import EmbeddedRedis

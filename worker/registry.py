@@ -23,6 +23,7 @@ from worker.errors import ConfigError
 
 if TYPE_CHECKING:
     from worker.context import JobContext
+    from worker.settings import Settings
 
 QUEUES = ("urgent", "default", "bulk")
 # Dramatiq orders the work queue of a process by actor priority (lower first), so a job of the
@@ -144,6 +145,21 @@ registry = Registry()
 job = registry.job
 settings_check = registry.settings_check
 cli_command = registry.cli_command
+
+
+def load_checked(settings: Settings, *, schedule: bool = True) -> Registry:
+    """The registry of the settings' job modules, after every capability's settings check and,
+    with ``schedule``, the schedules file's validation; ConfigError on the first problem.
+
+    What `run` checks before starting and `config --check` checks for systemd's ExecStartPre.
+    """
+    registry = load_job_modules(settings.job_modules)
+    registry.check_settings(settings)
+    if schedule:
+        from worker.scheduler.config import load_schedule
+
+        load_schedule(settings.schedules_file, registry)
+    return registry
 
 
 def load_job_modules(modules: Iterable[str]) -> Registry:

@@ -21,16 +21,12 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from worker.errors import ConfigError
-    from worker.registry import load_job_modules
+    from worker.registry import load_checked
     from worker.settings import masked
 
     settings = settings_or_exit()
     try:
-        registry = load_job_modules(settings.job_modules)
-        registry.check_settings(settings)
-        from worker.scheduler.config import load_schedule
-
-        load_schedule(settings.schedules_file, registry)
+        load_checked(settings)
     except ConfigError as exc:
         die(str(exc), EXIT_CONFIG)
     if args.check:
