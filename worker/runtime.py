@@ -17,6 +17,8 @@ from worker.settings import Settings
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from worker.db.group import GroupCommit
+
 
 @dataclass
 class Runtime:
@@ -41,7 +43,16 @@ class Runtime:
 
         return make_engine(self.settings.sqlalchemy_url)
 
+    @cached_property
+    def writer(self) -> GroupCommit:
+        """The process's group commit on ``db``: hot-path writes of every thread, shared."""
+        from worker.db.group import GroupCommit
+
+        return GroupCommit(self.db)
+
     def close(self) -> None:
         self.redis.close()
+        if "writer" in self.__dict__:
+            self.writer.close()
         if "db" in self.__dict__:
             self.db.dispose()

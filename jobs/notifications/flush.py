@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 
 from jobs.notifications import metrics
 from jobs.notifications.channels import Delivery, deliver
@@ -30,6 +30,7 @@ from jobs.notifications.keys import NotifKeys
 from jobs.notifications.models import Channel
 from jobs.notifications.profiles import Profile, load_profile
 from jobs.notifications.state import Claim, NotifState
+from worker.db.group import Kind
 from worker.db.messaging import NotificationLog
 from worker.due import DueStore
 from worker.logging import get_logger
@@ -114,8 +115,8 @@ _pending_rows: ContextVar[list[dict[str, Any]] | None] = ContextVar("_pending_ro
 def logged_together(svc: Services) -> Iterator[None]:
     """Write the log rows of every `record` inside in one transaction, at the end.
 
-    A notification decided on three channels would otherwise pay three commits (on SQLite, each
-    takes the database's single write lock).
+    A notification decided on three channels would otherwise pay three writes; the rows of every
+    thread then share the process's group commit.
     """
     rows: list[dict[str, Any]] = []
     token = _pending_rows.set(rows)
@@ -124,8 +125,16 @@ def logged_together(svc: Services) -> Iterator[None]:
     finally:
         _pending_rows.reset(token)
         if rows:
-            with svc.runtime.db.begin() as connection:
-                connection.execute(insert(NotificationLog), rows)
+            svc.runtime.writer.write(_LOG_ROWS, rows)
+
+
+def _insert_log_rows(connection: Connection, batches: Sequence[list[dict[str, Any]]]) -> list[None]:
+    connection.execute(insert(NotificationLog), [row for rows in batches for row in rows])
+    return [None] * len(batches)
+
+
+# Log rows of every thread of the process, in shared transactions (worker/db/group.py).
+_LOG_ROWS: Kind[list[dict[str, Any]], None] = Kind("notifications.log", _insert_log_rows)
 
 
 def record(
@@ -157,8 +166,7 @@ def record(
     if pending is not None:
         pending.extend(rows)
     elif rows:
-        with svc.runtime.db.begin() as connection:
-            connection.execute(insert(NotificationLog), rows)
+        svc.runtime.writer.write(_LOG_ROWS, rows)
     data: dict[str, Any] = {
         "user_id": user_id,
         "channel": channel,

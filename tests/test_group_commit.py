@@ -1,0 +1,137 @@
+"""Group commit: the writes of many threads share transactions, each caller gets its own answer."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Connection, Engine, Integer, MetaData, String, Table, event, insert, select
+
+from worker.db.group import GroupCommit, Kind
+from worker.db.session import make_engine
+
+metadata = MetaData()
+rows = Table("rows", metadata, Column("n", Integer, primary_key=True), Column("who", String(20)))
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'group.sqlite3'}")
+    metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def commits_of(engine: Engine) -> list[int]:
+    commits: list[int] = []
+    event.listen(engine, "commit", lambda _conn: commits.append(1))
+    return commits
+
+
+def insert_many(conn: Connection, numbers: Sequence[int]) -> list[int]:
+    conn.execute(insert(rows), [{"n": n, "who": "thread"} for n in numbers])
+    return [n * 10 for n in numbers]
+
+
+INSERT = Kind("test.insert", insert_many)
+
+
+def test_waiting_writes_share_one_transaction_and_each_caller_gets_its_answer(engine: Engine) -> None:
+    first_running, release = threading.Event(), threading.Event()
+
+    def slow_first(conn: Connection, numbers: Sequence[int]) -> list[int]:
+        if 0 in numbers:  # hold the first transaction until every other write is waiting
+            first_running.set()
+            release.wait(10)
+        return insert_many(conn, numbers)
+
+    kind = Kind("test.slow", slow_first)
+    writer = GroupCommit(engine)
+    commits = commits_of(engine)
+    answers: dict[int, int] = {}
+
+    def write(n: int) -> None:
+        answers[n] = writer.write(kind, n)
+
+    first = threading.Thread(target=write, args=(0,))
+    first.start()
+    assert first_running.wait(10)
+    others = [threading.Thread(target=write, args=(n,)) for n in range(1, 16)]
+    for thread in others:
+        thread.start()
+    while writer._queue.qsize() < 15:  # every other write handed over
+        threading.Event().wait(0.001)
+    release.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    writer.close()
+    assert answers == {n: n * 10 for n in range(16)}
+    assert len(commits) == 2  # the first alone, then the fifteen that waited for it together
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(rows.c.n)).scalars()) == list(range(16))
+
+
+def test_a_bad_write_fails_its_own_caller_only(engine: Engine) -> None:
+    writer = GroupCommit(engine)
+    writer.write(INSERT, 7)
+    errors: list[Exception] = []
+    done: list[int] = []
+
+    def write(n: int) -> None:
+        try:
+            done.append(writer.write(INSERT, n))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in [1, 2, 7, 3, 4]]  # 7: a duplicate key
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    writer.close()
+    assert sorted(done) == [10, 20, 30, 40]
+    assert len(errors) == 1 and "UNIQUE" in str(errors[0])
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(rows.c.n)).scalars()) == [1, 2, 3, 4, 7]
+
+
+def test_kinds_run_by_rank_within_a_transaction(engine: Engine) -> None:
+    order: list[str] = []
+    first_running, release = threading.Event(), threading.Event()
+
+    def named(name: str, rank: int) -> Kind[int, None]:
+        def run(_conn: Connection, numbers: Sequence[int]) -> list[None]:
+            if name == "first":
+                first_running.set()
+                release.wait(10)
+            order.append(name)
+            return [None] * len(numbers)
+
+        return Kind(name, run, rank=rank)
+
+    writer = GroupCommit(engine)
+    threads = [threading.Thread(target=writer.write, args=(named("first", 0), 0))]
+    threads[0].start()
+    assert first_running.wait(10)
+    for name, rank in (("late", 1), ("early", 0)):  # handed over late first
+        threads.append(threading.Thread(target=writer.write, args=(named(name, rank), 0)))
+        threads[-1].start()
+    while writer._queue.qsize() < 2:
+        threading.Event().wait(0.001)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    writer.close()
+    assert order == ["first", "early", "late"]
+
+
+def test_close_finishes_what_was_handed_over_and_refuses_more(engine: Engine) -> None:
+    writer = GroupCommit(engine)
+    assert writer.write(INSERT, 1) == 10
+    writer.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.write(INSERT, 2)
+    with engine.connect() as conn:
+        assert list(conn.execute(select(rows.c.n)).scalars()) == [1]
