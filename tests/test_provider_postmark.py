@@ -55,9 +55,9 @@ def test_send_posts_the_documented_body_and_maps_the_message_id(
     body = request.json()
     assert (body["To"], body["Cc"], body["Bcc"]) == ("ada@example.com", "bob@example.com", "eve@example.com")
     assert body["From"] == '"Taskmaster" <sender@example.com>'
-    assert (body["TextBody"], body["HtmlBody"]) == ("Hello there\n", "<p>Hello there</p>\n")
+    assert (body["TextBody"], body["HtmlBody"]) == ("Hello there", "<p>Hello there</p>")
     assert body["Metadata"] == {"delivery_id": "id:order-7"}
-    assert {"Name": "Message-ID", "Value": sample("id:order-7").message["Message-ID"]} in body["Headers"]
+    assert {"Name": "Message-ID", "Value": sample("id:order-7").message.message_id} in body["Headers"]
     assert body["MessageStream"] == "outbound"
     (accepted,) = fake.accepted
     assert result == SendResult("postmark", accepted.message_id)

@@ -60,8 +60,8 @@ def test_send_posts_the_documented_body_and_maps_the_id(fake: FakeResend, provid
         ["eve@example.com"],
     )
     assert body["from"] == '"Taskmaster" <sender@example.com>'
-    assert (body["text"], body["html"]) == ("Hello there\n", "<p>Hello there</p>\n")
-    assert body["headers"]["Message-ID"] == sample("id:order-7").message["Message-ID"]
+    assert (body["text"], body["html"]) == ("Hello there", "<p>Hello there</p>")
+    assert body["headers"]["Message-ID"] == sample("id:order-7").message.message_id
     (accepted,) = fake.accepted
     assert result == SendResult("resend", accepted.id)
 

@@ -63,7 +63,7 @@ def test_send_posts_the_documented_body_and_maps_the_message_id(fake: FakeSendGr
     assert body["from"] == {"email": "sender@example.com", "name": "Taskmaster"}
     assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
     assert body["custom_args"] == {"delivery_id": "id:order-7"}
-    assert body["headers"]["Message-ID"] == item.message["Message-ID"]
+    assert body["headers"]["Message-ID"] == item.message.message_id
     (accepted,) = fake.accepted
     assert result == SendResult("sendgrid", accepted.message_id)
 

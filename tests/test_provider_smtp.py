@@ -73,7 +73,7 @@ def test_plain_smtp_delivers_the_message_with_its_envelope(server: FakeSMTP) -> 
     assert received.rcpt_tos == ["ada@example.com", "bob@example.com", "eve@example.com"]
     assert received.mail_from == "sender@example.com"
     message = message_from_bytes(received.content)
-    assert message["Message-ID"] == sample("id:order-7").message["Message-ID"]
+    assert message["Message-ID"] == sample("id:order-7").message.message_id
     assert message["Bcc"] is None and "eve@example.com" not in received.content.decode()
     assert result == SendResult("smtp", message["Message-ID"])
     assert not received.tls and received.login is None

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from email.message import EmailMessage
 
 from jobs.email import metrics
+from jobs.email.message import Outgoing
 from jobs.email.providers.base import BatchItem, Provider, SendResult
 from jobs.email.providers.errors import ProviderError
 from worker.breaker import CircuitBreaker
@@ -70,7 +70,7 @@ class Chain:
         self.limiter = limiter
         self.rules = dict(rules)
 
-    def send(self, message: EmailMessage, *, idempotency_key: str, envelope_to: list[str]) -> SendResult:
+    def send(self, message: Outgoing, *, idempotency_key: str, envelope_to: list[str]) -> SendResult:
         reasons: list[str] = []
         waits: list[float] = []
         for provider in self.providers:
@@ -217,7 +217,7 @@ class Chain:
         return provider.send_batch(batch)
 
     def _attempt(
-        self, provider: Provider, message: EmailMessage, idempotency_key: str, envelope_to: list[str]
+        self, provider: Provider, message: Outgoing, idempotency_key: str, envelope_to: list[str]
     ) -> SendResult:
         try:
             return provider.send(message, idempotency_key=idempotency_key, envelope_to=envelope_to)

@@ -1,6 +1,6 @@
 """The contract every email provider keeps, and what the providers share to keep it.
 
-A provider hands a built ``EmailMessage`` over, once per idempotency key where the provider
+A provider hands an ``Outgoing`` email over, once per idempotency key where the provider
 accepts one, and answers with a ``SendResult`` or raises a ``ProviderError`` (errors.py says which
 kind). ``send_batch`` hands several over, through the provider's batch endpoint where it has one,
 and answers with one result or error per item, in order.
@@ -12,13 +12,13 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.utils import getaddresses
+from email.utils import parseaddr
 from typing import Any, Protocol, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
 
+from jobs.email.message import Outgoing
 from jobs.email.providers.errors import ProviderError, from_transport, log_failure
 from worker import __version__
 
@@ -37,7 +37,7 @@ class SendResult:
 
 @dataclass(frozen=True)
 class BatchItem:
-    message: EmailMessage
+    message: Outgoing
     idempotency_key: str
     envelope_to: list[str]
 
@@ -48,7 +48,7 @@ class Provider(Protocol):
     # send_batch takes any number and splits them itself.
     max_batch: int
 
-    def send(self, message: EmailMessage, *, idempotency_key: str, envelope_to: list[str]) -> SendResult:
+    def send(self, message: Outgoing, *, idempotency_key: str, envelope_to: list[str]) -> SendResult:
         """Hand one message over, once per idempotency key, or raise ProviderError."""
         ...
 
@@ -97,23 +97,6 @@ class Address:
         return f'"{quoted}" <{self.email}>'
 
 
-# Headers the HTTP APIs take as fields of their own, or set themselves.
-_STRUCTURAL = {
-    "from",
-    "to",
-    "cc",
-    "bcc",
-    "reply-to",
-    "subject",
-    "date",
-    "sender",
-    "mime-version",
-    "content-type",
-    "content-transfer-encoding",
-    "content-disposition",
-}
-
-
 @dataclass(frozen=True)
 class MessageParts:
     """What an HTTP API needs from a built message: addresses, subject, bodies, other headers."""
@@ -134,31 +117,23 @@ class MessageParts:
         return next((v for k, v in self.headers.items() if k.lower() == "message-id"), "")
 
 
-def _addresses(message: EmailMessage, name: str) -> list[Address]:
-    values = [str(value) for value in message.get_all(name, [])]
-    return [Address(email, display) for display, email in getaddresses(values) if email]
-
-
-def parts_of(message: EmailMessage, envelope_to: Sequence[str]) -> MessageParts:
+def parts_of(message: Outgoing, envelope_to: Sequence[str]) -> MessageParts:
     """Split a message for an HTTP API; Bcc is whoever is in the envelope but not in To or Cc."""
-    senders = _addresses(message, "From")
-    to = _addresses(message, "To")
-    cc = _addresses(message, "Cc")
+    display, sender = parseaddr(message.sender)
+    to = [Address(email) for email in message.to]
+    cc = [Address(email) for email in message.cc]
     shown = {a.email.lower() for a in (*to, *cc)}
     bcc = [Address(email) for email in dict.fromkeys(envelope_to) if email.lower() not in shown]
-    text_part = message.get_body(preferencelist=("plain",))
-    html_part = message.get_body(preferencelist=("html",))
-    headers = {name: str(value) for name, value in message.items() if name.lower() not in _STRUCTURAL}
     return MessageParts(
-        sender=senders[0] if senders else Address(""),
+        sender=Address(sender, display),
         to=to,
         cc=cc,
         bcc=bcc,
-        reply_to=_addresses(message, "Reply-To"),
-        subject=str(message.get("Subject", "")),
-        text=text_part.get_content() if isinstance(text_part, EmailMessage) else None,
-        html=html_part.get_content() if isinstance(html_part, EmailMessage) else None,
-        headers=headers,
+        reply_to=[Address(message.reply_to)] if message.reply_to else [],
+        subject=message.subject,
+        text=message.text,
+        html=message.html,
+        headers=message.headers,
     )
 
 

@@ -6,9 +6,9 @@ import hashlib
 import os
 import threading
 from collections.abc import Sequence
-from email.message import EmailMessage
 from pathlib import Path
 
+from jobs.email.message import Outgoing
 from jobs.email.providers.base import BatchItem, SendResult, send_each
 from jobs.email.providers.errors import ProviderError
 
@@ -27,13 +27,13 @@ class OutboxProvider:
         digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
         return self.directory / f"{digest}.eml"
 
-    def send(self, message: EmailMessage, *, idempotency_key: str, envelope_to: list[str]) -> SendResult:
+    def send(self, message: Outgoing, *, idempotency_key: str, envelope_to: list[str]) -> SendResult:
         """Write the file atomically: a retry of the same email finds it there and writes nothing."""
         path = self.path_for(idempotency_key)
         if path.exists():
             return SendResult(self.name, path.name, fresh=False)
         tmp = self._tmp / f"{path.name}.{os.getpid()}.{threading.get_ident()}"
-        tmp.write_bytes(message.as_bytes())
+        tmp.write_bytes(message.mime.as_bytes())
         os.replace(tmp, path)
         return SendResult(self.name, path.name)
 

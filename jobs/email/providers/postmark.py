@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from email.message import EmailMessage
 from typing import Any
 
 import requests
 
+from jobs.email.message import Outgoing
 from jobs.email.providers.base import (
     USER_AGENT,
     BatchItem,
@@ -59,7 +59,7 @@ class PostmarkProvider:
             }
         )
 
-    def send(self, message: EmailMessage, *, idempotency_key: str, envelope_to: list[str]) -> SendResult:
+    def send(self, message: Outgoing, *, idempotency_key: str, envelope_to: list[str]) -> SendResult:
         payload = self._payload(parts_of(message, envelope_to), idempotency_key)
         response = self._sessions.post_json(
             self.name, f"{self._base_url}/email", payload, timeout_s=self._timeout_s

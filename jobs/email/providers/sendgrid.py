@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from email.message import EmailMessage
 from typing import Any
 
 import python_http_client  # type: ignore[import-untyped]
@@ -34,6 +33,7 @@ from sendgrid.helpers.mail import (  # type: ignore[import-untyped]
     To,
 )
 
+from jobs.email.message import Outgoing
 from jobs.email.providers.base import Address, BatchItem, MessageParts, SendResult, parts_of, send_each
 from jobs.email.providers.errors import ProviderError, classify, from_transport, log_failure, retry_after_s
 
@@ -55,7 +55,7 @@ class SendGridProvider:
         # The library has no timeout parameter; its HTTP client passes this one to every request.
         self._client.client.timeout = timeout_s
 
-    def send(self, message: EmailMessage, *, idempotency_key: str, envelope_to: list[str]) -> SendResult:
+    def send(self, message: Outgoing, *, idempotency_key: str, envelope_to: list[str]) -> SendResult:
         parts = parts_of(message, envelope_to)
         try:
             mail = build_mail(parts, idempotency_key)

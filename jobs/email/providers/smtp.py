@@ -18,9 +18,9 @@ import time
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from email.message import EmailMessage
 from typing import Any, Literal
 
+from jobs.email.message import Outgoing
 from jobs.email.providers.base import BatchItem, SendResult, send_each
 from jobs.email.providers.errors import (
     MISCONFIGURED,
@@ -88,13 +88,13 @@ class SMTPProvider:
         self._open: list[_Connection] = []
         self._lock = threading.Lock()
 
-    def send(self, message: EmailMessage, *, idempotency_key: str, envelope_to: list[str]) -> SendResult:
+    def send(self, message: Outgoing, *, idempotency_key: str, envelope_to: list[str]) -> SendResult:
         for attempt in (1, 2):
             conn, reused = self._connection()
             smtp = conn.smtp
             smtp.data_started = False
             try:
-                refused = smtp.send_message(message, to_addrs=envelope_to)
+                refused = smtp.send_message(message.mime, to_addrs=envelope_to)
             except smtplib.SMTPRecipientsRefused as exc:
                 raise _logged(_all_refused(exc.recipients)) from exc
             except smtplib.SMTPResponseException as exc:
@@ -119,7 +119,7 @@ class SMTPProvider:
             conn.last_used_s = time.monotonic()
             return SendResult(
                 self.name,
-                str(message.get("Message-ID", "")),
+                message.message_id,
                 refused={address: _reply(code, text) for address, (code, text) in refused.items()},
             )
         raise AssertionError("unreachable: the second attempt returns or raises")
