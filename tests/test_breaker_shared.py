@@ -190,3 +190,36 @@ def test_from_settings_uses_the_breaker_settings() -> None:
     breaker = CircuitBreaker.from_settings(MemoryBackend(), "sendgrid", settings)
     assert (breaker.policy.failure_threshold, breaker.policy.window_ms) == (7, 120_000)
     assert (breaker.policy.cooldown_ms, breaker.policy.probe_timeout_ms) == (45_000, 45_000)
+
+
+def test_a_trusted_closed_answer_saves_round_trips_and_ends_with_any_other_answer(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """Within trust_closed_s of a closed answer, allow and success ask Redis nothing; a breaker
+    opened by another machine is seen once the trust runs out, one opened by this one at once."""
+    here = breaker_on(redis_url, "postmark", trust_closed_s=0.3)
+    elsewhere = breaker_on(redis_url, "postmark")
+    assert here.allow()
+    before = script_calls(redis_client)
+    for _ in range(50):
+        assert here.allow()
+        here.record_success()
+    assert script_calls(redis_client) == before  # no round trip while trusted
+    # Another machine opens it: this one still trusts its closed answer for the moment, then asks.
+    for _ in range(3):
+        elsewhere.record_failure()
+    assert elsewhere.state() == "open"
+    assert here.allow()
+    wait_for(lambda: not here.allow(), timeout_s=5)
+    # A failure seen here ends the trust at once.
+    redis_client.delete(breaker_key(PREFIX, "postmark"))
+    mine = breaker_on(redis_url, "postmark", trust_closed_s=60)
+    assert mine.allow()
+    for _ in range(3):
+        mine.record_failure()
+    assert not mine.allow()
+
+
+def script_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))

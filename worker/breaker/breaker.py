@@ -9,12 +9,18 @@ The caller decides what is a failure of the service: an exception type listed in
 (an email the provider rejected) is the service answering properly, so it counts as a
 success. Callers that classify outcomes themselves use ``allow`` and ``record_*``.
 
+A closed answer may be trusted for a moment (``trust_closed_s``): a healthy service then costs
+no Redis round trip per call. Every answer this process gets (its own failures included)
+refreshes or ends that trust at once, so a breaker another process opened is seen within that
+moment, and one this process's failures opened, at once.
+
 Every transition is logged (opening at warning level) and counted by the process that
 decided it. Names appear in logs, metrics and `status`: never put a secret in one.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -24,6 +30,10 @@ from worker.logging import get_logger
 from worker.settings import Settings
 
 log = get_logger(__name__)
+
+# How long ``from_settings`` breakers trust a closed answer: a tenth of a second of calls a
+# breaker opened elsewhere may still let through, for no round trip per call while healthy.
+TRUST_CLOSED_S = 0.1
 
 ExceptionTypes = tuple[type[BaseException], ...]
 
@@ -40,10 +50,12 @@ class CircuitBreaker:
         probe_timeout_s: float | None = None,
         exclude: ExceptionTypes = (),
         clock: Callable[[], float] | None = None,
+        trust_closed_s: float = 0.0,
     ) -> None:
         """``probe_timeout_s`` (default: the cool-down) bounds how long a probe that never
         reports (its caller died) keeps every other caller out. ``clock`` returns seconds
         since the epoch; by default the backend's own clock decides (Redis server time).
+        ``trust_closed_s``: how long a closed answer stands without asking again (0: never).
         """
         if not name:
             raise ValueError("a circuit breaker needs a name")
@@ -57,6 +69,8 @@ class CircuitBreaker:
         self._backend = backend
         self._exclude = exclude
         self._clock = clock
+        self._trust_closed_s = trust_closed_s
+        self._closed_until = 0.0  # monotonic time until which a closed answer stands
 
     @classmethod
     def from_settings(
@@ -67,7 +81,8 @@ class CircuitBreaker:
         *,
         exclude: ExceptionTypes = (),
     ) -> CircuitBreaker:
-        """A breaker with TASKMASTER_BREAKER_FAILURE_THRESHOLD, _WINDOW and _COOLDOWN."""
+        """A breaker with TASKMASTER_BREAKER_FAILURE_THRESHOLD, _WINDOW and _COOLDOWN, trusting
+        a closed answer for TRUST_CLOSED_S."""
         return cls(
             backend,
             name,
@@ -75,14 +90,22 @@ class CircuitBreaker:
             window_s=settings.breaker_window,
             cooldown_s=settings.breaker_cooldown,
             exclude=exclude,
+            trust_closed_s=TRUST_CLOSED_S,
         )
 
     def allow(self) -> bool:
         """True when closed; False when open; True for exactly one caller when half-open."""
+        if self._trusted_closed():
+            return True
         return self._allow().allowed
 
     def record_success(self) -> None:
-        """The service answered properly (a refusal that is not its fault counts too)."""
+        """The service answered properly (a refusal that is not its fault counts too).
+
+        A success changes nothing in a closed breaker: while it is trusted closed, nothing is sent.
+        """
+        if self._trusted_closed():
+            return
         self._observe(self._backend.record_success(self.name, self.policy, self._now_ms()))
 
     def record_failure(self) -> None:
@@ -100,9 +123,10 @@ class CircuitBreaker:
         success; any other Exception a failure. Either way it propagates. Interruptions
         (KeyboardInterrupt, SystemExit) record nothing: they say nothing about the service.
         """
-        outcome = self._allow()
-        if not outcome.allowed:
-            raise BreakerOpen(self.name, outcome.retry_after_ms / 1000)
+        if not self._trusted_closed():
+            outcome = self._allow()
+            if not outcome.allowed:
+                raise BreakerOpen(self.name, outcome.retry_after_ms / 1000)
         try:
             yield
         except (*self._exclude, *exclude):
@@ -133,7 +157,14 @@ class CircuitBreaker:
     def _now_ms(self) -> int | None:
         return None if self._clock is None else round(self._clock() * 1000)
 
+    def _trusted_closed(self) -> bool:
+        return self._trust_closed_s > 0 and time.monotonic() < self._closed_until
+
     def _observe(self, outcome: Outcome) -> None:
+        if outcome.state == "closed" and not outcome.probe:
+            self._closed_until = time.monotonic() + self._trust_closed_s
+        else:
+            self._closed_until = 0.0
         if outcome.reissued:
             log.warning(
                 "breaker.probe_expired",
