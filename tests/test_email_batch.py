@@ -250,6 +250,47 @@ def test_suppressed_recipients_are_skipped(
     assert record.status == "failed" and record.last_error == "suppressed (manual)"
 
 
+def test_bcc_recipients_left_alone_get_a_copy_each(
+    postmark: OutagePostmark,  # noqa: F811
+    start_mail: StartMail,  # noqa: F811
+) -> None:
+    """When the To recipient of an email is suppressed, its Bcc recipients are each sent a copy of
+    their own, as email.send does: none of them sees the other."""
+    h = start_mail(provider_env(postmark=postmark, order="postmark"))
+    h.submit(
+        h.client,
+        {
+            "type": "suppression.add",
+            "id": "block",
+            "data": {"address": "b-to@example.com", "reason": "manual"},
+        },
+    )
+    h.event("suppression.added", "block")
+    batch = [
+        {
+            "key": "b-0",
+            "to": "b-to@example.com",
+            "bcc": ["b-x@example.com", "b-y@example.com"],
+            "subject": "Digest",
+            "text": "Digest",
+        }
+    ]
+
+    send_batch(h, "bcc-only", batch)
+    wait_for(lambda: len(h.events_of("email.sent")) == 2, what="both copies sent")
+    h.worker.join()
+
+    payloads = [a.payload for a in postmark.accepted]
+    assert sorted((p["To"], p.get("Bcc")) for p in payloads) == [
+        ("b-x@example.com", None),
+        ("b-y@example.com", None),
+    ]
+    records = h.records()
+    assert records[("b-0", "b-x@example.com")].status == "sent"
+    assert records[("b-0", "b-y@example.com")].status == "sent"
+    assert records[("b-0", "b-to@example.com")].status == "failed"
+
+
 def test_batched_records_begin_and_finish_many_emails(db_url: str) -> None:
     """begin_many records every recipient in one transaction and returns only those still queued;
     finish_many settles each row once, so a second attempt sees only what is left."""

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import dramatiq
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from jobs.email.actors import identity, load_template, only, recipients_of, rendered
+from jobs.email.actors import identity, load_template, only, only_to, recipients_of, rendered
 from jobs.email.message import build_message, stable_message_id
 from jobs.email.models import EmailSend
 from jobs.email.providers.base import BatchItem, SendResult
@@ -98,15 +98,16 @@ def send_email_batch(ctx: JobContext, batch: EmailBatch) -> None:
             continue
         sending.append(e)
     date = datetime.fromtimestamp(ctx.submitted_ms / 1000, UTC)
-    items = [_item(e, ctx.runtime.settings.email_from, date) for e in sending]
-    results = service.chain.send_batch(items) if items else []
+    pieces = [p for e in sending for p in _pieces(e, ctx.runtime.settings.email_from, date)]
+    results = service.chain.send_batch([p.item for p in pieces]) if pieces else []
     left = 0
     waits: list[float] = []  # the providers' Retry-After of what is left
-    for e, result in zip(sending, results, strict=True):
+    for piece, result in zip(pieces, results, strict=True):
+        e = piece.email
         if isinstance(result, SendResult):
-            left += bool(report.sent(e, result))
+            left += bool(report.sent(e, piece.item.envelope_to, result))
         elif result.kind == "rejected":
-            report.fail(e, e.pending, result.provider, result.message)
+            report.fail(e, piece.item.envelope_to, result.provider, result.message)
         else:
             left += 1
             if result.retry_after_s is not None:
@@ -147,13 +148,30 @@ def _render_all(ctx: JobContext, emails: list[BatchEmail]) -> list[_Email]:
     return out
 
 
-def _item(e: _Email, sender: str, date: datetime) -> BatchItem:
+@dataclass(frozen=True)
+class _Piece:
+    """One message of the batch request: an email, or the copy of one of its Bcc recipients."""
+
+    email: _Email
+    item: BatchItem
+
+
+def _pieces(e: _Email, sender: str, date: datetime) -> list[_Piece]:
+    """The messages that send ``e`` to its pending recipients, as `email.send` would send them."""
     email: EmailSend = e.email
+    key = e.email.key
+    copies = [(email, key, list(e.pending))]
     if len(e.pending) < len(recipients_of(email)):
         # HTTP providers take recipients from the message's own To and Cc: list only those left.
         email = only(email, e.pending)
-    message = build_message(email, sender=sender, message_id=e.message_id, date=date)
-    return BatchItem(message, e.email.key, list(e.pending))
+        copies = [(email, key, list(e.pending))]
+        if not email.to:
+            # Only Bcc recipients are left: one copy each, so none sees the others.
+            copies = [(only_to(email, r), f"{key}:{r}", [r]) for r in e.pending]
+    return [
+        _Piece(e, BatchItem(build_message(copy, sender=sender, message_id=e.message_id, date=date), k, to))
+        for copy, k, to in copies
+    ]
 
 
 class _Report:
@@ -180,9 +198,10 @@ class _Report:
         if event is not None:
             self.event(event, {**e.about, "provider": provider, "to": recipients, "error": error})
 
-    def sent(self, e: _Email, result: SendResult) -> list[str]:
-        """Record a provider's acceptance; returns the recipients it deferred (SMTP 4xx)."""
-        sent = [r for r in e.pending if r not in result.refused]
+    def sent(self, e: _Email, recipients: list[str], result: SendResult) -> list[str]:
+        """Record a provider's acceptance of ``e`` for ``recipients``; returns the recipients it
+        deferred (SMTP 4xx)."""
+        sent = [r for r in recipients if r not in result.refused]
         key = e.email.key
         self.outcomes.extend(
             Outcome(key, r, "sent", provider=result.provider, provider_message_id=result.provider_message_id)
