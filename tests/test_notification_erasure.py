@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -16,6 +15,7 @@ from jobs.notifications.profiles import load_profile
 from jobs.notifications.retention import daily_counts
 
 # Fixtures shared with the users tests (imported by name so that pytest finds them here).
+from tests.helpers import redis_hits
 from tests.test_notification_users import engine, harness, notif_env, run_job  # noqa: F401
 from tests.test_worker_inprocess import Harness
 from worker.db.models import (
@@ -130,31 +130,6 @@ def _sql_hits(db: Engine, needles: tuple[str, ...]) -> list[tuple[str, str, str]
     return hits
 
 
-def _redis_values(client: redis.Redis, key: bytes) -> list[bytes]:
-    kind = client.type(key)
-    if kind == b"string":
-        return [client.get(key) or b""]
-    if kind == b"hash":
-        return [x for pair in client.hgetall(key).items() for x in pair]
-    if kind == b"zset":
-        return list(client.zrange(key, 0, -1))
-    if kind == b"set":
-        return list(client.smembers(key))
-    if kind == b"list":
-        return list(client.lrange(key, 0, -1))
-    if kind == b"stream":
-        return [v for _, fields in client.xrange(key) for v in fields.values()]
-    return []
-
-
-def _redis_hits(client: redis.Redis, needles: tuple[str, ...]) -> Iterator[tuple[str, str]]:
-    for key in client.scan_iter(count=1000):
-        for text in [key, *_redis_values(client, key)]:
-            decoded = text.decode(errors="replace").lower()
-            if any(n.lower() in decoded for n in needles):
-                yield key.decode(), decoded
-
-
 def test_delete_leaves_no_trace_of_the_user(
     harness: Harness,  # noqa: F811
     redis_client: redis.Redis,
@@ -189,9 +164,9 @@ def test_delete_leaves_no_trace_of_the_user(
     profile = load_profile(engine, UID)
     assert profile is not None and profile.erased and profile.email is None and profile.push_tokens == ()
     # And Redis names the user only in events, by id (the host's record of what happened)
-    redis_hits = list(_redis_hits(redis_client, (UID, ADDRESS)))
-    assert all(key == "taskmaster:events" for key, _ in redis_hits), redis_hits
-    assert not [v for _, v in redis_hits if ADDRESS in v]
+    hits = list(redis_hits(redis_client, (UID, ADDRESS)))
+    assert all(key == "taskmaster:events" for key, _ in hits), hits
+    assert not [v for _, v in hits if ADDRESS in v]
     assert (
         deleted["data"]["rows"]["notification_log"] == 3 and deleted["data"]["rows"]["email_deliveries"] == 3
     )
@@ -203,7 +178,7 @@ def test_delete_leaves_no_trace_of_the_user(
         "contacts",
         "insights",
     }
-    assert len(list(_redis_hits(redis_client, (OTHER_ADDRESS,)))) >= 6
+    assert len(list(redis_hits(redis_client, (OTHER_ADDRESS,)))) >= 6
     counts = {(source, decision): n for _, source, _, decision, n in daily_counts(engine)}
     assert counts == {("notification_log", "delivered"): 3, ("email_deliveries", "sent"): 3}
 

@@ -28,7 +28,7 @@ from jobs.webhooks.signing import webhook_id_for
 from jobs.webhooks.store import endpoint_store
 from jobs.webhooks.targets import AddressGuard
 from tests.fakes.webhook_receiver import Reply, WebhookReceiver
-from tests.helpers import events, wait_for
+from tests.helpers import events, redis_hits, wait_for
 from tests.test_webhook_signing import Unverified, new_secret, verify
 from worker.broker import build_broker
 from worker.context import JobContext
@@ -475,3 +475,49 @@ def test_through_intake_and_dramatiq_workers_with_a_retry(
     first, second = receiver.received
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == WID
     verify(SECRET, second.headers, second.body)
+
+
+def test_the_secret_is_sealed_between_intake_and_worker(
+    env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """From the intake on, the secret travels encrypted: nowhere in Redis but the host's own intake
+    entry is it in plain text; the worker opens it and stores it. A host cannot pass a sealed one."""
+    from tests.test_worker_inprocess import Harness
+
+    h = Harness(load_settings(env))
+    try:
+        h.submit(
+            redis_client,
+            {
+                "type": "webhook.endpoint.upsert",
+                "id": "up-1",
+                "data": {"endpoint_id": "e1", "url": "https://a.example/h", "secret": SECRET},
+            },
+        )
+        # The host's own intake entry holds it; nothing the daemon wrote does.
+        assert [key for key, _ in redis_hits(redis_client, (SECRET[6:],))] == ["taskmaster:intake"]
+        assert any(key.startswith("taskmaster:dq:") for key, _ in redis_hits(redis_client, ("sealed:",)))
+        h.worker.start()
+        wait_for(lambda: session_row(h.runtime, "e1") is not None, what="the endpoint stored")
+        row = session_row(h.runtime, "e1")
+        assert row is not None
+        assert SecretBox.from_settings(h.runtime.settings).decrypt(row.secret) == SECRET
+
+        sealed = "sealed:" + SecretBox.from_settings(h.runtime.settings).encrypt(SECRET).decode()
+        forged = h.submit(
+            redis_client,
+            {
+                "type": "webhook.endpoint.upsert",
+                "id": "up-2",
+                "data": {"endpoint_id": "e2", "url": "https://a.example/h", "secret": sealed},
+            },
+        )
+        rejected = [fields for _, fields in redis_client.xrange("taskmaster:intake:rejected")]
+        assert any(f[b"entry"].decode() == forged and b"whsec_" in f[b"error"] for f in rejected), rejected
+    finally:
+        h.close()
+
+
+def session_row(runtime: Runtime, endpoint_id: str) -> WebhookEndpoint | None:
+    with Session(runtime.db) as session:
+        return session.get(WebhookEndpoint, endpoint_id)

@@ -87,7 +87,9 @@ def validate_entry(
         raise Rejection(describe(exc, prefix="data"), "invalid_data") from None
     except ValueError as exc:  # a validator that raised outside pydantic's wrapping
         raise Rejection(f"data: {exc}", "invalid_data") from None
-    return Accepted(job_type, model, model.model_dump(mode="json", exclude_unset=True), job_id)
+    # The context reaches serializers too: one may seal a secret for the queue (webhooks).
+    payload = model.model_dump(mode="json", exclude_unset=True, context=context)
+    return Accepted(job_type, model, payload, job_id)
 
 
 def _job_type(document: dict[str, Any], registry: Registry) -> JobType[Any]:

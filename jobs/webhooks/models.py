@@ -7,9 +7,11 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
+    SerializationInfo,
     ValidationInfo,
     field_serializer,
     field_validator,
@@ -19,6 +21,7 @@ from urllib3.util import parse_url
 
 from jobs.webhooks.signing import secret_key
 from jobs.webhooks.targets import refusal
+from worker.crypto import DecryptionError, SecretBox
 
 MAX_URL_CHARS = 2048
 EndpointId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -42,6 +45,28 @@ def _whsec(value: SecretStr) -> SecretStr:
     return value
 
 
+# The secret as the intake hands it to the worker: Fernet-encrypted with TASKMASTER_SECRET_KEY, so
+# that it is never in plain text in the queue (nor in a dead letter). Only the daemon makes these.
+SEALED = "sealed:"
+
+
+def _unseal(value: object, info: ValidationInfo) -> object:
+    """The worker's copy of a sealed secret, opened; the host's own secret is never sealed."""
+    if not isinstance(value, str) or not value.startswith(SEALED):
+        return value
+    context: Any = info.context or {}
+    settings = context.get("settings")
+    if context.get("stage") == "intake" or settings is None:
+        raise ValueError("must start with whsec_")  # a host cannot seal: only the daemon has the key
+    try:
+        return SecretBox.from_settings(settings).decrypt(value.removeprefix(SEALED).encode())
+    except DecryptionError:
+        raise ValueError(
+            "the sealed secret does not decrypt with TASKMASTER_SECRET_KEY: was the key changed"
+            " while the job was queued? Submit the upsert again"
+        ) from None
+
+
 class EndpointUpsert(BaseModel):
     """An outbound webhook endpoint: where to POST, the signing secret, whose and which events."""
 
@@ -52,13 +77,17 @@ class EndpointUpsert(BaseModel):
     url: Annotated[str, Field(max_length=MAX_URL_CHARS), AfterValidator(_http_url)]
     # Standard Webhooks: "whsec_" + base64 of 24 to 64 random bytes. A SecretStr so that it
     # never shows in a repr or a log line.
-    secret: Annotated[SecretStr, AfterValidator(_whsec)]
+    secret: Annotated[SecretStr, BeforeValidator(_unseal), AfterValidator(_whsec)]
     user_id: EndpointId | None = None  # None: every user's events
     categories: list[Category] = Field(default_factory=list, max_length=100)  # empty: all
 
     @field_serializer("secret", when_used="json")
-    def _reveal(self, value: SecretStr) -> str:
-        # The job travels to the worker as JSON; the worker stores it encrypted.
+    def _reveal(self, value: SecretStr, info: SerializationInfo) -> str:
+        """Sealed when the intake hands the job to the worker; plain otherwise."""
+        context: Any = info.context or {}
+        settings = context.get("settings")
+        if context.get("stage") == "intake" and settings is not None:
+            return SEALED + SecretBox.from_settings(settings).encrypt(value.get_secret_value()).decode()
         return value.get_secret_value()
 
     @field_validator("url")
