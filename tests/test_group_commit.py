@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Column, Connection, Engine, Integer, MetaData, String, Table, event, insert, select
 
 from worker.db.group import GroupCommit, Kind
-from worker.db.session import make_engine
+from worker.db.session import make_engine, reader
 
 metadata = MetaData()
 rows = Table("rows", metadata, Column("n", Integer, primary_key=True), Column("who", String(20)))
@@ -135,3 +135,28 @@ def test_close_finishes_what_was_handed_over_and_refuses_more(engine: Engine) ->
         writer.write(INSERT, 2)
     with engine.connect() as conn:
         assert list(conn.execute(select(rows.c.n)).scalars()) == [1]
+
+
+def test_a_reader_reads_while_a_writer_holds_the_write_lock(engine: Engine) -> None:
+    """Reads through ``reader`` begin DEFERRED: they do not queue behind a writer's transaction
+    (every other transaction on SQLite begins IMMEDIATE and would wait for the lock)."""
+    with engine.begin() as conn:
+        conn.execute(insert(rows), [{"n": 1, "who": "before"}])
+    holding, read_done = threading.Event(), threading.Event()
+    released_by_the_read: list[bool] = []
+
+    def hold_the_lock() -> None:
+        with engine.begin() as conn:
+            conn.execute(insert(rows), [{"n": 2, "who": "writer"}])
+            holding.set()
+            released_by_the_read.append(read_done.wait(10))
+
+    writer = threading.Thread(target=hold_the_lock)
+    writer.start()
+    assert holding.wait(10)
+    with reader(engine).connect() as conn:
+        seen = list(conn.execute(select(rows.c.n)).scalars())
+    read_done.set()
+    writer.join(10)
+    assert seen == [1]  # the writer's row is not committed yet
+    assert released_by_the_read == [True]  # the read did not wait for the writer

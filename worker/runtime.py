@@ -44,6 +44,13 @@ class Runtime:
         return make_engine(self.settings.sqlalchemy_url)
 
     @cached_property
+    def reader(self) -> Engine:
+        """``db`` for hot-path reads: on SQLite they do not queue for the write lock."""
+        from worker.db.session import reader
+
+        return reader(self.db)
+
+    @cached_property
     def writer(self) -> GroupCommit:
         """The process's group commit on ``db``: hot-path writes of every thread, shared."""
         from worker.db.group import GroupCommit

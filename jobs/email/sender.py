@@ -57,5 +57,5 @@ def build_sender(runtime: Runtime) -> Sender:
         limiter=RateLimiter(LimiterBackend(runtime.redis, runtime.keys)) if real else None,
         rules={name: Rule(rates[name], 1.0, burst=max(1, math.ceil(rates[name]))) for name in real},
     )
-    records: Records = DeliveryRecords(runtime.db, runtime.writer) if real else OutboxRecords(runtime.db)
+    records: Records = DeliveryRecords(runtime.db, runtime.writer) if real else OutboxRecords(runtime.reader)
     return Sender(chain=chain, records=records)

@@ -247,7 +247,7 @@ def flush(svc: Services, emit: Emit, job: FlushJob, *, owner: str, now: datetime
     state = svc.state
     due_key = due_key_of(svc, job)
     batch = state.read(job.batch_key)
-    profile = load_profile(svc.runtime.db, job.user_id)
+    profile = load_profile(svc.runtime.reader, job.user_id)
     if batch is not None and batch.batch_id == job.batch_id:
         if profile is None or profile.erased:
             # Erased meanwhile: the held items go nowhere, and nothing personal stays in Redis.

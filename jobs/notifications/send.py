@@ -58,7 +58,7 @@ def send(
         priority=notification.priority,
     )
     started = time.perf_counter()
-    profile = load_profile(svc.runtime.db, notification.user_id)
+    profile = load_profile(svc.runtime.reader, notification.user_id)
     if profile is None or profile.erased:
         waited_s = now.timestamp() - submitted_ms / 1000
         if profile is None and waited_s < settings.not_ready_max_age:

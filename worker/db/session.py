@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 APPLICATION_NAME = "taskmaster-worker"
 CONNECT_TIMEOUT_S = 10
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# The execution option that marks a reader's connections (``reader``).
+_READ_ONLY = "taskmaster_read_only"
 
 
 def database_url(url: str | URL) -> URL:
@@ -68,10 +70,21 @@ def _sqlite_engine(url: URL, foreign_keys: bool) -> Engine:
     def _on_begin(connection: Connection) -> None:
         # IMMEDIATE takes the write lock up front (waiting up to the busy timeout): a deferred
         # transaction that reads then writes fails at once with SQLITE_BUSY when another
-        # process wrote in between, which is the common check-then-record pattern here.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # process wrote in between, which is the common check-then-record pattern here. A
+        # reader (``reader``) never writes: it begins DEFERRED and does not queue for the lock.
+        if connection.get_execution_options().get(_READ_ONLY):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def reader(engine: Engine) -> Engine:
+    """``engine`` for reads, sharing its pool: on SQLite its transactions do not take the write
+    lock (WAL readers run beside the writer), so hot-path reads never queue behind writes. Not
+    for writes: one would take the lock late and may fail with SQLITE_BUSY."""
+    return engine.execution_options(**{_READ_ONLY: True})
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
