@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from worker.events import JobRef
+from worker.events import Emitter, JobRef
 
 if TYPE_CHECKING:
     from worker.runtime import Runtime
@@ -26,9 +26,11 @@ class JobContext:
     def settings(self) -> Any:
         return self.runtime.settings
 
-    def emit(self, event_type: str, data: dict[str, Any]) -> None:
-        """Report an outcome on the events stream, tagged with this job's id and entry."""
-        self.runtime.events.publish(event_type, data, job=self.job)
+    @property
+    def emit(self) -> Emitter:
+        """Reports an outcome on the events stream, tagged with this job's id and entry:
+        ``ctx.emit(event_type, data)``."""
+        return Emitter(self.runtime.events, self.job)
 
     def backoff_s(self, cap_s: float | None = None) -> float:
         """How long to wait before trying this job again: exponential from

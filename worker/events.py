@@ -68,3 +68,20 @@ class Events:
         """Queue one event on a pipeline, to go with the caller's other writes."""
         payload = encode_event(event_type, data, job or current_job.get())
         pipe.xadd(self._stream, {"event": payload}, maxlen=self._maxlen, approximate=True)
+
+
+class Emitter:
+    """Reports the outcomes of one job: call it with an event; ``publish_in`` queues one on the
+    caller's pipeline instead, to go out atomically with the caller's other writes."""
+
+    __slots__ = ("_events", "_job")
+
+    def __init__(self, events: Events, job: JobRef | None) -> None:
+        self._events = events
+        self._job = job
+
+    def __call__(self, event_type: str, data: dict[str, Any]) -> None:
+        self._events.publish(event_type, data, job=self._job)
+
+    def publish_in(self, pipe: Any, event_type: str, data: dict[str, Any]) -> None:
+        self._events.publish_in(pipe, event_type, data, job=self._job)

@@ -29,6 +29,7 @@ from jobs.notifications.flush import (
 from jobs.notifications.models import Channel, NotificationSend
 from jobs.notifications.profiles import Profile, load_profile
 from worker.errors import NotReady
+from worker.events import Emitter
 from worker.logging import get_logger
 
 log = get_logger(__name__)
@@ -89,12 +90,29 @@ def send(
     asked = notification.model_copy(update={"channels": channels}) if channels else None
     decision = decide(asked, prefs, profile.timezone, now, counters, digests, svc.rules) if asked else None
     metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+    if decision is None:
+        return
+    # Each channel's events wait for the end: they go out with the channels' done marks in one
+    # atomic round trip, after the log rows are committed. A job that dies before that is decided
+    # again on every channel, which acting makes no worse (a batch holds a notification once,
+    # a cap counts it once, a hand-over is enqueued once by its key); none is reported twice.
+    events: list[tuple[str, dict[str, Any]]] = []
     with logged_together(svc):
-        for d in decision.channels if decision else ():
-            _act(svc, emit, profile, notification, item, d, idempotency_key, now)
-            svc.runtime.redis.set(
-                svc.keys.done(idempotency_key, d.channel), "1", ex=int(settings.idempotency_ttl)
-            )
+        for d in decision.channels:
+            _act(svc, _held(events), profile, notification, item, d, idempotency_key, now)
+    pipe = svc.runtime.redis.pipeline(transaction=True)
+    for kind, data in events:
+        if isinstance(emit, Emitter):
+            emit.publish_in(pipe, kind, data)
+        else:  # a plain callable (tests): it takes the events, the pipeline the marks
+            emit(kind, data)
+    for d in decision.channels:
+        pipe.set(svc.keys.done(idempotency_key, d.channel), "1", ex=int(settings.idempotency_ttl))
+    pipe.execute()
+
+
+def _held(events: list[tuple[str, dict[str, Any]]]) -> Emit:
+    return lambda kind, data: events.append((kind, data))
 
 
 def _act(
