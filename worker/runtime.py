@@ -41,7 +41,8 @@ class Runtime:
     def db(self) -> Engine:
         from worker.db.session import make_engine
 
-        return make_engine(self.settings.sqlalchemy_url)
+        # A connection for each worker thread, the group commit's writer and the maintenance pass.
+        return make_engine(self.settings.sqlalchemy_url, pool_size=self.settings.threads + 2)
 
     @cached_property
     def reader(self) -> Engine:

@@ -27,16 +27,19 @@ def database_url(url: str | URL) -> URL:
     return parsed
 
 
-def make_engine(url: str, *, foreign_keys: bool = True) -> Engine:
+def make_engine(url: str, *, foreign_keys: bool = True, pool_size: int | None = None) -> Engine:
     """An engine for ``url`` (PostgreSQL or SQLite), set up for a multi-process daemon.
 
     ``foreign_keys=False`` is for migrations only: SQLite rebuilds a table to alter it, and
     with enforcement on, dropping the old table would cascade to the rows that reference it.
-    PostgreSQL always enforces foreign keys.
+    PostgreSQL always enforces foreign keys. ``pool_size``: the connections kept open (the
+    worker's threads and its own), beyond SQLAlchemy's 5, which would make most of 16 threads
+    open and close a connection for every query.
     """
     parsed = database_url(url)
+    pool: dict[str, Any] = {} if pool_size is None else {"pool_size": pool_size}
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, foreign_keys)
+        return _sqlite_engine(parsed, foreign_keys, pool)
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "postgresql":
         # Fail fast when the server is unreachable, and let DBAs see who holds a connection;
@@ -44,11 +47,11 @@ def make_engine(url: str, *, foreign_keys: bool = True) -> Engine:
         for key, value in (("connect_timeout", CONNECT_TIMEOUT_S), ("application_name", APPLICATION_NAME)):
             if key not in parsed.query:
                 connect_args[key] = value
-    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **pool)
 
 
-def _sqlite_engine(url: URL, foreign_keys: bool) -> Engine:
-    engine = create_engine(url)
+def _sqlite_engine(url: URL, foreign_keys: bool, pool: dict[str, Any]) -> Engine:
+    engine = create_engine(url, **pool)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
