@@ -193,6 +193,30 @@ def test_an_urgent_hand_over_goes_on_the_urgent_queue(rig: Rig) -> None:
     assert queues == {"title n1": "urgent", "title n2": "default"}
 
 
+def test_an_urgent_delivery_held_by_the_rate_limit_flushes_on_the_urgent_queue(env: dict[str, str]) -> None:
+    """Over the per-user rate, an urgent notification waits for the limiter, and then its flush
+    and its email are urgent work: it must not queue behind the ordinary backlog."""
+    runtime = make_rig(env, TASKMASTER_RATE_USER_PER_MINUTE="1")
+    rig = Rig(runtime, services(runtime))
+    try:
+        rig.user("u1")
+        rig.send(T0, "n1", priority="urgent")
+        rig.send(T0, "n2", priority="urgent")
+        (held,) = [e for e in rig.of("notification.deferred") if e["reason"] == "rate_limit"]
+        assert held["notification_ids"] == ["n2"]
+        rig.queued("email.send")  # n1's email, handed over at once
+        rig.svc.due.release_due(int(T0.timestamp() * 1000) + 61_000)
+        (flush_message,) = rig.queued("notifications.flush", take=False)
+        assert flush_message["queue_name"] == "urgent"
+        # The limiter counts on Redis's clock, not the test's: give it room by forgetting n1.
+        rig.svc.limiter.reset([rig.svc.keys.rate_user("u1")])
+        assert rig.run_due(T0 + timedelta(seconds=61)) == 1
+        (email,) = rig.queued("email.send")
+        assert email["queue_name"] == "urgent" and email["kwargs"]["data"]["variables"]["title"] == "title n2"
+    finally:
+        runtime.close()
+
+
 def test_send_is_idempotent_per_envelope(rig: Rig) -> None:
     """The same envelope id decided twice (a retried job) hands over one email."""
     rig.user("u1")

@@ -44,7 +44,8 @@ def notification_send(ctx: JobContext, data: NotificationSend) -> None:
     )
 
 
-@job(FLUSH_JOB, FlushJob, queue="default", public=False)
+# On the urgent queue too: an urgent delivery a rate limit held flushes there.
+@job(FLUSH_JOB, FlushJob, queue="default", queues=("urgent",), public=False)
 def notifications_flush(ctx: JobContext, data: FlushJob) -> None:
     flush(services(ctx.runtime), ctx.emit, data, owner=ctx.message_id or "local", now=datetime.now(UTC))
 

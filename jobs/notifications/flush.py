@@ -56,6 +56,9 @@ class FlushJob(BaseModel):
     channel: Channel
     batch_key: str
     batch_id: str
+    # An urgent delivery held by a rate limit: its flush runs on the urgent queue, not behind
+    # the ordinary backlog.
+    urgent: bool = False
 
 
 @dataclass
@@ -93,7 +96,8 @@ class Services:
         job_type = self.runtime.registry.get(FLUSH_JOB)
         if job_type is None:
             raise RuntimeError("notifications.flush is not registered: import jobs.notifications.actors")
-        self.due.put(due_key, job_type, job.model_dump(), due_at, queue="default")
+        queue = "urgent" if job.urgent else "default"
+        self.due.put(due_key, job_type, job.model_dump(exclude_defaults=True), due_at, queue=queue)
 
     def rate_wait_s(self, user_id: str) -> float:
         """0 when a delivery to the user may go now (and is counted), else seconds to wait."""

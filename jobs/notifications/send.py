@@ -216,7 +216,13 @@ def _deliver_now(
         where_ttl_s=svc.runtime.settings.idempotency_ttl,
         direct=True,
     )
-    job = FlushJob(user_id=profile.user_id, channel=d.channel, batch_key=batch_key, batch_id=added.batch_id)
+    job = FlushJob(
+        user_id=profile.user_id,
+        channel=d.channel,
+        batch_key=batch_key,
+        batch_id=added.batch_id,
+        urgent=d.reason == "urgent",
+    )
     delay_for_rate(svc, emit, job, svc.keys.direct_due(delivery_id), [item], wait_s, now)
 
 
