@@ -217,6 +217,24 @@ def test_an_urgent_delivery_held_by_the_rate_limit_flushes_on_the_urgent_queue(e
         runtime.close()
 
 
+def test_an_urgent_delivery_a_moment_over_the_global_rate_waits_in_its_thread(env: dict[str, str]) -> None:
+    """When the limiter frees room within a moment, an urgent delivery waits for it and goes out
+    at once, instead of a round through the due-time store; a high one is deferred."""
+    runtime = make_rig(env, TASKMASTER_RATE_GLOBAL_PER_SECOND="10", TASKMASTER_RATE_GLOBAL_BURST="1")
+    rig = Rig(runtime, services(runtime))
+    try:
+        rig.user("u1")
+        rig.send(T0, "n1", priority="urgent")
+        rig.send(T0, "n2", priority="urgent")  # 0.1 s over the rate: waits for it
+        rig.send(T0, "n3", priority="high")  # over the rate too: held for the limiter
+        delivered = [e["notification_ids"] for e in rig.of("notification.delivered")]
+        assert delivered == [["n1"], ["n2"]]
+        (held,) = rig.of("notification.deferred")
+        assert (held["notification_ids"], held["reason"]) == (["n3"], "rate_limit")
+    finally:
+        runtime.close()
+
+
 def test_send_is_idempotent_per_envelope(rig: Rig) -> None:
     """The same envelope id decided twice (a retried job) hands over one email."""
     rig.user("u1")

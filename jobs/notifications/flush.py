@@ -99,11 +99,17 @@ class Services:
         queue = "urgent" if job.urgent else "default"
         self.due.put(due_key, job_type, job.model_dump(exclude_defaults=True), due_at, queue=queue)
 
-    def rate_wait_s(self, user_id: str) -> float:
-        """0 when a delivery to the user may go now (and is counted), else seconds to wait."""
-        decision = self.limiter.acquire(
-            [(self.keys.rate_user(user_id), self.user_rule), (self.keys.rate_global, self.global_rule)]
-        )
+    def rate_wait_s(self, user_id: str, *, patience_s: float = 0.0) -> float:
+        """0 when a delivery to the user may go now (and is counted), else seconds to wait.
+
+        With ``patience_s``, a wait that ends within it is slept here instead (an urgent delivery
+        a moment over the global rate goes in milliseconds, not through the due-time store).
+        """
+        checks = [(self.keys.rate_user(user_id), self.user_rule), (self.keys.rate_global, self.global_rule)]
+        if patience_s > 0:
+            decision = self.limiter.wait(checks, timeout_s=patience_s)
+        else:
+            decision = self.limiter.acquire(checks)
         return 0.0 if decision.allowed else max(decision.retry_after_s, 0.001)
 
 
