@@ -160,3 +160,20 @@ def test_a_reader_reads_while_a_writer_holds_the_write_lock(engine: Engine) -> N
     writer.join(10)
     assert seen == [1]  # the writer's row is not committed yet
     assert released_by_the_read == [True]  # the read did not wait for the writer
+
+
+class Interrupted(BaseException):
+    """Not an Exception: what would end the writer thread itself."""
+
+
+# The writer thread ends with the exception, as meant: pytest reports that as a warning.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_writer_thread_that_died_fails_its_callers_and_is_replaced(engine: Engine) -> None:
+    def interrupted(_conn: Connection, _numbers: Sequence[int]) -> list[int]:
+        raise Interrupted
+
+    writer = GroupCommit(engine)
+    with pytest.raises(Interrupted):
+        writer.write(Kind("test.interrupted", interrupted), 1)
+    assert writer.write(INSERT, 2) == 20  # a new writer thread took over
+    writer.close()

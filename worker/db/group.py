@@ -37,6 +37,9 @@ R = TypeVar("R")
 
 # Writes taken into one transaction at most: bounds a transaction's length under a backlog.
 MAX_WRITES = 500
+# The longest a caller waits for its commit before giving up with an error (its job is retried;
+# the write may still commit, which the writes here are made to allow: upserts, guarded updates).
+WAIT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,12 @@ class GroupCommit:
         future: Future[R] = Future()
         self._start()
         self._queue.put(_Write(kind, argument, future))
-        return future.result()
+        try:
+            return future.result(timeout=WAIT_S)
+        except TimeoutError:
+            raise TimeoutError(
+                f"the database did not commit a {kind.name} write within {WAIT_S:.0f} s"
+            ) from None
 
     def close(self) -> None:
         """Finish the writes already handed over, then stop the writer thread."""
@@ -100,8 +108,12 @@ class GroupCommit:
             return
         with self._lock:
             if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
+                self._spawn()
+
+    def _spawn(self) -> None:
+        """Start a writer thread (with the lock held)."""
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
         while True:
@@ -121,7 +133,19 @@ class GroupCommit:
                     break
                 assert isinstance(more, _Write)
                 writes.append(more)
-            self._commit(writes)
+            try:
+                self._commit(writes)
+            except BaseException as exc:
+                # Never leave a caller waiting, whatever happened (every error is meant to be its
+                # callers', so this should not be): fail these, and hand the queue to a new writer.
+                for write in writes:
+                    if not write.future.done():
+                        write.future.set_exception(exc)
+                with self._lock:
+                    self._thread = None
+                    if not self._closed:
+                        self._spawn()
+                raise
             if stop:
                 return
 
