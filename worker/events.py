@@ -56,6 +56,14 @@ class Events:
         self._stream = keys.events
         self._maxlen = maxlen
 
+    @property
+    def stream(self) -> str:
+        return self._stream
+
+    @property
+    def maxlen(self) -> int:
+        return self._maxlen
+
     def publish(self, event_type: str, data: dict[str, Any], *, job: JobRef | None = None) -> str:
         """Add one event; ``job`` defaults to the job this thread is running."""
         payload = encode_event(event_type, data, job or current_job.get())
@@ -72,7 +80,8 @@ class Events:
 
 class Emitter:
     """Reports the outcomes of one job: call it with an event; ``publish_in`` queues one on the
-    caller's pipeline instead, to go out atomically with the caller's other writes."""
+    caller's pipeline instead, and ``encode`` gives it to a caller's script, to go out atomically
+    with the caller's other writes."""
 
     __slots__ = ("_events", "_job")
 
@@ -85,3 +94,11 @@ class Emitter:
 
     def publish_in(self, pipe: Any, event_type: str, data: dict[str, Any]) -> None:
         self._events.publish_in(pipe, event_type, data, job=self._job)
+
+    @property
+    def events(self) -> Events:
+        return self._events
+
+    def encode(self, event_type: str, data: dict[str, Any]) -> str:
+        """The event as it would be published: for a caller that publishes it in a script."""
+        return encode_event(event_type, data, self._job)

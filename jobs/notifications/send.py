@@ -104,15 +104,19 @@ def send(
     with logged_together(svc):
         for d in decision.channels:
             _act(svc, _held(events), profile, notification, item, d, idempotency_key, now)
-    pipe = svc.runtime.redis.pipeline(transaction=True)
+    payloads: list[str] = []
     for kind, data in events:
         if isinstance(emit, Emitter):
-            emit.publish_in(pipe, kind, data)
-        else:  # a plain callable (tests): it takes the events, the pipeline the marks
+            payloads.append(emit.encode(kind, data))
+        else:  # a plain callable (tests): it takes the events, the script the marks
             emit(kind, data)
-    for d in decision.channels:
-        pipe.set(svc.keys.done(idempotency_key, d.channel), "1", ex=int(settings.idempotency_ttl))
-    pipe.execute()
+    svc.state.report(
+        svc.runtime.events,
+        payloads,
+        idempotency_key,
+        [d.channel for d in decision.channels],
+        int(settings.idempotency_ttl),
+    )
 
 
 def _held(events: list[tuple[str, dict[str, Any]]]) -> Emit:

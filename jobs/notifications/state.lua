@@ -87,3 +87,27 @@ if ARGV[5] == 'force' or (ARGV[5] == 'take' and hour_room == -1 and day_room == 
   admitted = 1
 end
 return {admitted, hour, day, hour_room, day_room}
+
+--- snapshot
+-- KEYS: for each channel, the job's done mark on it, then the user's batch on it.
+-- Returns for each channel: 1 when done, the batch's opening ms (-1: no batch), its size.
+local out = {}
+for i = 1, #KEYS, 2 do
+  out[#out + 1] = redis.call('EXISTS', KEYS[i])
+  local meta = redis.call('HMGET', KEYS[i + 1], 'm:opened', 'm:n')
+  out[#out + 1] = tonumber(meta[1]) or -1
+  out[#out + 1] = tonumber(meta[2]) or 0
+end
+return out
+
+--- report
+-- KEYS: the events stream, then the job's done mark on each channel decided.
+-- ARGV: the stream's approximate max length, the marks' TTL (s), then each event's JSON.
+-- Publishes the events and sets the marks together: a job never reports a channel twice.
+for i = 3, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
+end
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], '1', 'EX', ARGV[2])
+end
+return #ARGV - 2

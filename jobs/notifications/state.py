@@ -22,6 +22,7 @@ from jobs.notifications.digest import DigestItem
 from jobs.notifications.keys import NotifKeys
 from jobs.notifications.models import Channel
 from jobs.notifications.preferences import Caps
+from worker.events import Events
 
 
 def _scripts() -> dict[str, str]:
@@ -130,21 +131,32 @@ class NotifState:
     def snapshot(
         self, user_id: str, channels: Sequence[Channel], idempotency_key: str
     ) -> tuple[set[Channel], dict[Channel, OpenDigest]]:
-        """In one round trip: the channels this job already handled, and the open digests."""
-        pipe = self._client.pipeline(transaction=False)
+        """In one script: the channels this job already handled, and the open digests."""
+        keys: list[str] = []
         for channel in channels:
-            pipe.exists(self.keys.done(idempotency_key, channel))
-            pipe.hmget(self.keys.batch(user_id, channel), ["m:opened", "m:n"])
-        replies = pipe.execute()
+            keys += (self.keys.done(idempotency_key, channel), self.keys.batch(user_id, channel))
+        replies = self._scripts["snapshot"](keys=keys, args=[]) if keys else []
         done: set[Channel] = set()
         digests: dict[Channel, OpenDigest] = {}
         for index, channel in enumerate(channels):
-            if replies[2 * index]:
+            marked, opened, size = replies[3 * index : 3 * index + 3]
+            if marked:
                 done.add(channel)
-            opened, size = replies[2 * index + 1]
-            if opened is not None:
-                digests[channel] = OpenDigest(opened_at=from_ms(int(opened)), size=int(size or 0))
+            if int(opened) >= 0:
+                digests[channel] = OpenDigest(opened_at=from_ms(int(opened)), size=int(size))
         return done, digests
+
+    def report(
+        self,
+        events: Events,
+        payloads: Sequence[str],
+        idempotency_key: str,
+        channels: Sequence[Channel],
+        ttl_s: int,
+    ) -> None:
+        """Publish a job's events (encoded) and mark its channels done, in one atomic step."""
+        keys = [events.stream, *(self.keys.done(idempotency_key, channel) for channel in channels)]
+        self._scripts["report"](keys=keys, args=[events.maxlen, ttl_s, *payloads])
 
     def add(
         self,
