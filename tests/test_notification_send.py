@@ -25,7 +25,7 @@ from jobs.notifications.models import NotificationSend
 from jobs.notifications.send import send
 from tests.helpers import events, wait_for
 from worker.broker import build_broker
-from worker.db.messaging import NotificationLog
+from worker.db.messaging import NotificationLog, WebhookEndpoint
 from worker.db.users import Preferences as PreferencesRow
 from worker.db.users import User
 from worker.due import DueStore
@@ -233,6 +233,23 @@ def test_an_urgent_delivery_a_moment_over_the_global_rate_waits_in_its_thread(en
         assert (held["notification_ids"], held["reason"]) == (["n3"], "rate_limit")
     finally:
         runtime.close()
+
+
+def test_the_webhook_channel_holds_nothing_for_a_user_no_endpoint_takes(rig: Rig) -> None:
+    """Without an enabled endpoint for the user (or for every user), the webhook channel is
+    suppressed as having no address, as push is without a device; with one, it digests."""
+    on = {"email": False, "push": False, "webhook": True}
+    rig.user("u1", channels=on)
+    rig.user("u2", channels=on)
+    with Session(rig.runtime.db) as session, session.begin():
+        session.add(WebhookEndpoint(id="e2", url="https://hooks.example/u2", secret=b"x", user_id="u2"))
+    rig.send(T0, "n1", user_id="u1")
+    rig.send(T0, "n2", user_id="u2")
+    webhook = [e for e in rig.events if e[1]["channel"] == "webhook"]
+    assert [(kind, e["notification_ids"], e["reason"]) for kind, e in webhook] == [
+        ("notification.suppressed", ["n1"], "no_address"),
+        ("notification.deferred", ["n2"], "digest"),
+    ]
 
 
 def test_send_is_idempotent_per_envelope(rig: Rig) -> None:

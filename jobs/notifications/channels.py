@@ -69,7 +69,7 @@ class Delivery:
 
 
 def has_target(recipient: Recipient, channel: Channel) -> bool:
-    """Whether the user can be reached there at all (webhook endpoints are looked up at hand-over)."""
+    """Whether the user has an address there (webhook endpoints: ``Services.reaches``)."""
     if channel == "email":
         return bool(recipient.email)
     if channel == "push":

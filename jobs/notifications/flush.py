@@ -23,13 +23,14 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, insert
 
 from jobs.notifications import metrics
-from jobs.notifications.channels import Delivery, deliver
+from jobs.notifications.channels import Delivery, deliver, has_target
 from jobs.notifications.decision import ChannelDecision, DigestRules, decide_batch
 from jobs.notifications.digest import DigestItem, DigestView, compose
 from jobs.notifications.keys import NotifKeys
 from jobs.notifications.models import Channel
 from jobs.notifications.profiles import Profile, load_profile
 from jobs.notifications.state import Claim, NotifState
+from jobs.webhooks.store import EndpointOwners
 from worker.db.group import Kind
 from worker.db.messaging import NotificationLog
 from worker.due import DueStore
@@ -72,6 +73,7 @@ class Services:
     rules: DigestRules
     user_rule: Rule
     global_rule: Rule
+    webhook_owners: EndpointOwners
 
     @classmethod
     def build(cls, runtime: Runtime) -> Services:
@@ -86,7 +88,15 @@ class Services:
             global_rule=Rule(
                 limit=settings.rate_global_per_second, period_s=1.0, burst=settings.rate_global_burst
             ),
+            webhook_owners=EndpointOwners(runtime.reader),
         )
+
+    def reaches(self, recipient: Profile, channel: Channel) -> bool:
+        """Whether the user can be reached on ``channel`` at all: an address, a device, or an
+        enabled webhook endpoint that takes their events."""
+        if channel == "webhook":
+            return self.webhook_owners.reach(recipient.user_id)
+        return has_target(recipient, channel)
 
     @property
     def keys(self) -> NotifKeys:

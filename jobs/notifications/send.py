@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jobs.notifications import metrics
-from jobs.notifications.channels import Delivery, has_target
+from jobs.notifications.channels import Delivery
 from jobs.notifications.decision import ChannelDecision, Counters, decide
 from jobs.notifications.digest import DigestItem, Single
 from jobs.notifications.flush import (
@@ -146,7 +146,7 @@ def _act(
             extra={"by": d.suppressed_by},
         )
         return
-    if not has_target(profile, d.channel):
+    if not svc.reaches(profile, d.channel):
         # Not worth a batch: nothing could ever be handed over (no address, no device).
         record(
             svc,

@@ -6,6 +6,8 @@ Redis keeps it, encrypted as in the table, under a key that expires on its own.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -185,3 +187,37 @@ def endpoint_store(runtime: Runtime) -> EndpointStore:
     return EndpointStore(
         runtime.db, SecretBox.from_settings(settings), runtime.redis, WebhookKeys(settings.redis_prefix)
     )
+
+
+class EndpointOwners:
+    """Whose events an enabled endpoint takes, read at most once a second.
+
+    The notification path asks for every notification whether a webhook could reach its user at
+    all; without an endpoint for them (nor one for every user) the webhook channel is suppressed
+    (`no_address`) instead of holding digests that nobody would receive. An endpoint added
+    meanwhile takes effect within that second.
+    """
+
+    RECHECK_S = 1.0
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._until = 0.0  # monotonic time until which the owners below stand
+        self._everyone = False
+        self._users: frozenset[str] = frozenset()
+
+    def reach(self, user_id: str) -> bool:
+        if time.monotonic() >= self._until:
+            with self._lock:
+                if time.monotonic() >= self._until:
+                    self._load()
+        return self._everyone or user_id in self._users
+
+    def _load(self) -> None:
+        query = select(WebhookEndpoint.user_id).where(WebhookEndpoint.enabled.is_(True)).distinct()
+        with self._engine.connect() as connection:
+            owners = set(connection.execute(query).scalars())
+        self._everyone = None in owners
+        self._users = frozenset(o for o in owners if o is not None)
+        self._until = time.monotonic() + self.RECHECK_S
