@@ -173,7 +173,13 @@ def test_a_writer_thread_that_died_fails_its_callers_and_is_replaced(engine: Eng
         raise Interrupted
 
     writer = GroupCommit(engine)
+    assert writer.write(INSERT, 1) == 10
+    first = writer._thread
+    assert first is not None
     with pytest.raises(Interrupted):
-        writer.write(Kind("test.interrupted", interrupted), 1)
-    assert writer.write(INSERT, 2) == 20  # a new writer thread took over
+        writer.write(Kind("test.interrupted", interrupted), 2)
+    first.join(10)  # it ends with the exception, within this test
+    assert not first.is_alive()
+    assert writer.write(INSERT, 3) == 30  # a new writer thread took over
+    assert writer._thread is not first
     writer.close()
