@@ -28,7 +28,7 @@ from jobs.notifications.decision import ChannelDecision, DigestRules, decide_bat
 from jobs.notifications.digest import DigestItem, DigestView, compose
 from jobs.notifications.keys import NotifKeys
 from jobs.notifications.models import Channel
-from jobs.notifications.profiles import Profile, load_profile
+from jobs.notifications.profiles import Profile, ProfileCache, load_profile
 from jobs.notifications.state import Claim, NotifState
 from jobs.webhooks.store import EndpointOwners
 from worker.db.group import Kind
@@ -74,6 +74,7 @@ class Services:
     user_rule: Rule
     global_rule: Rule
     webhook_owners: EndpointOwners
+    profiles: ProfileCache
 
     @classmethod
     def build(cls, runtime: Runtime) -> Services:
@@ -89,6 +90,7 @@ class Services:
                 limit=settings.rate_global_per_second, period_s=1.0, burst=settings.rate_global_burst
             ),
             webhook_owners=EndpointOwners(runtime.reader),
+            profiles=ProfileCache(runtime.redis, NotifKeys(settings.redis_prefix)),
         )
 
     def reaches(self, recipient: Profile, channel: Channel) -> bool:

@@ -31,6 +31,10 @@ class NotifKeys:
         """Hash: channel -> "<batch key>\\n<field>" of a held notification, for cancel by id."""
         return f"{self.prefix}:notif:where:{notification_id}"
 
+    def profile(self, user_id: str) -> str:
+        """String: a token naming the current version of the user's profile (ProfileCache)."""
+        return f"{self.prefix}:notif:profile:{user_id}"
+
     def done(self, idempotency_key: str, channel: Channel) -> str:
         """Marks a channel of a notification.send as handled, so a retry skips it."""
         return f"{self.prefix}:notif:done:{idempotency_key}:{channel}"

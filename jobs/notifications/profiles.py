@@ -1,20 +1,27 @@
 """The read side of users: one user's profile as the notification path needs it.
 
-No cache for now: a load is two primary-key lookups on one connection through statements built
-once (136 us of CPU on SQLite, against 384 us when the WHERE clause was built per call). A
-per-process TTL cache checked with one Redis GET of a version counter would save most of the
-rest at the price of a staleness window; `user.upsert` / `preferences.update` / `user.delete`
-are where it would be invalidated.
+A load is two primary-key lookups through statements built once (136 us of CPU on SQLite);
+``ProfileCache`` saves most of them on the hot path. A profile is cached under a token that
+Redis keeps per user (``NotifKeys.profile``) and that every write of the user's profile replaces
+(``touch``: user.upsert, preferences.update, a device moving or removed; user.delete removes it
+with every key naming the user). The notification path reads the token in the script it runs
+anyway (the snapshot), so a cached profile costs no round trip and is never older than the last
+write it could see.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import redis
 from sqlalchemy import Engine, Row, bindparam, select
 
+from jobs.notifications.keys import NotifKeys
 from jobs.notifications.preferences import Preferences
 from worker.db.models import Preferences as PreferencesRow
 from worker.db.models import PushToken, User
@@ -114,3 +121,61 @@ def _zone(name: str) -> ZoneInfo:
     except (ZoneInfoNotFoundError, ValueError):
         # Validated at intake; a zone a later tzdata dropped should not stop every notification.
         return ZoneInfo("UTC")
+
+
+# A user's token lives this long after the last read that set it or write that replaced it.
+TOKEN_TTL_S = 3600
+# Entries kept at most (then all are dropped), and how long one is kept without being read.
+CACHE_MAX = 50_000
+CACHE_IDLE_S = 600.0
+
+
+def touch(client: redis.Redis, keys: NotifKeys, user_ids: Iterable[str]) -> None:
+    """After a write of these users' profiles is committed: cached copies are stale."""
+    pipe = client.pipeline(transaction=False)
+    for user_id in dict.fromkeys(user_ids):
+        pipe.set(keys.profile(user_id), uuid.uuid4().hex, ex=TOKEN_TTL_S)
+    pipe.execute()
+
+
+class ProfileCache:
+    """Profiles this process read, each good while the user's token is the one read with it."""
+
+    def __init__(self, client: redis.Redis, keys: NotifKeys) -> None:
+        self._client = client
+        self._keys = keys
+        self._entries: dict[str, tuple[str, Profile, float]] = {}
+        self._next_sweep = time.monotonic() + CACHE_IDLE_S
+
+    def get(self, engine: Engine, user_id: str, token: str) -> Profile | None:
+        """The profile, from the cache when ``token`` (read from Redis just now) is its token."""
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        hit = self._entries.get(user_id) if token else None
+        if hit is not None and hit[0] == token:
+            self._entries[user_id] = (token, hit[1], now)
+            return hit[1]
+        profile = load_profile(engine, user_id)
+        if profile is None or profile.erased:
+            # Unknown, or erased: nothing is kept, and no key naming the user comes back.
+            self._entries.pop(user_id, None)
+            return profile
+        if not token:
+            # No token yet: make one. A write's token that came first wins, and this read, which
+            # may predate that write, is not kept.
+            token = uuid.uuid4().hex
+            if not self._client.set(self._keys.profile(user_id), token, nx=True, ex=TOKEN_TTL_S):
+                self._entries.pop(user_id, None)
+                return profile
+        if len(self._entries) >= CACHE_MAX:
+            self._entries.clear()
+        self._entries[user_id] = (token, profile, now)
+        return profile
+
+    def _sweep(self, now: float) -> None:
+        """Drop the entries no one read lately (an erased user's among them)."""
+        self._next_sweep = now + CACHE_IDLE_S
+        for user_id, (_, _, used) in list(self._entries.items()):
+            if now - used > CACHE_IDLE_S:
+                self._entries.pop(user_id, None)

@@ -27,7 +27,7 @@ from jobs.notifications.flush import (
     record,
 )
 from jobs.notifications.models import Channel, NotificationSend
-from jobs.notifications.profiles import Profile, load_profile
+from jobs.notifications.profiles import Profile
 from worker.errors import NotReady
 from worker.events import Emitter
 from worker.logging import get_logger
@@ -63,7 +63,10 @@ def send(
         priority=notification.priority,
     )
     started = time.perf_counter()
-    profile = load_profile(svc.runtime.reader, notification.user_id)
+    token, done, digests = svc.state.snapshot(
+        notification.user_id, notification.wanted_channels(), idempotency_key
+    )
+    profile = svc.profiles.get(svc.runtime.reader, notification.user_id, token)
     if profile is None or profile.erased:
         waited_s = now.timestamp() - submitted_ms / 1000
         if profile is None and waited_s < settings.not_ready_max_age:
@@ -83,7 +86,6 @@ def send(
         return
     metrics.RECEIVED.labels(notification.priority).inc()
     prefs = profile.preferences
-    done, digests = svc.state.snapshot(notification.user_id, notification.wanted_channels(), idempotency_key)
     channels = [c for c in notification.wanted_channels() if c not in done]
     counters: dict[Channel, Counters] = {}
     if prefs.caps.per_hour or prefs.caps.per_day:

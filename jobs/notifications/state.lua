@@ -89,10 +89,12 @@ end
 return {admitted, hour, day, hour_room, day_room}
 
 --- snapshot
--- KEYS: for each channel, the job's done mark on it, then the user's batch on it.
--- Returns for each channel: 1 when done, the batch's opening ms (-1: no batch), its size.
-local out = {}
-for i = 1, #KEYS, 2 do
+-- KEYS: the user's profile token, then for each channel the job's done mark on it and the
+-- user's batch on it.
+-- Returns the token ('' when none), then for each channel: 1 when done, the batch's opening ms
+-- (-1: no batch), its size.
+local out = {redis.call('GET', KEYS[1]) or ''}
+for i = 2, #KEYS, 2 do
   out[#out + 1] = redis.call('EXISTS', KEYS[i])
   local meta = redis.call('HMGET', KEYS[i + 1], 'm:opened', 'm:n')
   out[#out + 1] = tonumber(meta[1]) or -1

@@ -130,21 +130,23 @@ class NotifState:
 
     def snapshot(
         self, user_id: str, channels: Sequence[Channel], idempotency_key: str
-    ) -> tuple[set[Channel], dict[Channel, OpenDigest]]:
-        """In one script: the channels this job already handled, and the open digests."""
-        keys: list[str] = []
+    ) -> tuple[str, set[Channel], dict[Channel, OpenDigest]]:
+        """In one script: the user's profile token ('' when none), the channels this job already
+        handled, and the open digests."""
+        keys = [self.keys.profile(user_id)]
         for channel in channels:
             keys += (self.keys.done(idempotency_key, channel), self.keys.batch(user_id, channel))
-        replies = self._scripts["snapshot"](keys=keys, args=[]) if keys else []
+        replies = self._scripts["snapshot"](keys=keys, args=[])
+        token = replies[0].decode() if isinstance(replies[0], bytes) else str(replies[0])
         done: set[Channel] = set()
         digests: dict[Channel, OpenDigest] = {}
         for index, channel in enumerate(channels):
-            marked, opened, size = replies[3 * index : 3 * index + 3]
+            marked, opened, size = replies[1 + 3 * index : 4 + 3 * index]
             if marked:
                 done.add(channel)
             if int(opened) >= 0:
                 digests[channel] = OpenDigest(opened_at=from_ms(int(opened)), size=int(size))
-        return done, digests
+        return token, done, digests
 
     def report(
         self,

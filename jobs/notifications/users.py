@@ -8,9 +8,10 @@ from sqlalchemy import Connection, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from jobs.notifications.erasure import erase_user
+from jobs.notifications.keys import NotifKeys
 from jobs.notifications.models import PreferencesUpdate, UserDelete, UserUpsert
 from jobs.notifications.preferences import Preferences, merge
-from jobs.notifications.profiles import preferences_from_row, preferences_to_row
+from jobs.notifications.profiles import preferences_from_row, preferences_to_row, touch
 from worker.context import JobContext
 from worker.db.models import Preferences as PreferencesRow
 from worker.db.models import PushToken, User
@@ -31,14 +32,16 @@ def upsert_user(ctx: JobContext, data: UserUpsert) -> None:
     except IntegrityError:
         # Two upserts of a new user (or of one device token) raced; the second now updates.
         written = _upsert(ctx, data)
-    if not written:
+    if written is None:
         log.info("user.upsert_skipped", user_id=data.user_id, reason="erased")
         ctx.emit("user.upserted", {"user_id": data.user_id, "skipped": "erased"})
         return
+    touch(ctx.runtime.redis, NotifKeys(ctx.runtime.settings.redis_prefix), [data.user_id, *written])
     ctx.emit("user.upserted", {"user_id": data.user_id})
 
 
-def _upsert(ctx: JobContext, data: UserUpsert) -> bool:
+def _upsert(ctx: JobContext, data: UserUpsert) -> list[str] | None:
+    """Write the user; None when erased, else the other users whose devices moved to this one."""
     now = datetime.now(UTC)
     values = {"email": data.email, "name": data.name, "timezone": data.timezone, "locale": data.locale}
     with ctx.runtime.db.begin() as connection:
@@ -47,21 +50,23 @@ def _upsert(ctx: JobContext, data: UserUpsert) -> bool:
         ).one_or_none()
         if erased_at is not None and erased_at[0] is not None:
             # An erased user stays erased: this upsert was overtaken by `user.delete`.
-            return False
+            return None
         if erased_at is None:
             connection.execute(insert(User).values(id=data.user_id, created_at=now, updated_at=now, **values))
         else:
             connection.execute(update(User).where(User.id == data.user_id).values(updated_at=now, **values))
         if data.push_tokens is not None:
-            _replace_tokens(connection, data, now)
-    return True
+            return _replace_tokens(connection, data, now)
+    return []
 
 
-def _replace_tokens(connection: Connection, data: UserUpsert, now: datetime) -> None:
+def _replace_tokens(connection: Connection, data: UserUpsert, now: datetime) -> list[str]:
+    """Replace the user's devices; return the other users who lost one to this user."""
     tokens = {t.token: t.platform or UNKNOWN_PLATFORM for t in data.push_tokens or []}
     # A token another user had moves to this one: a device that changed hands.
     mine_or_moving = or_(PushToken.user_id == data.user_id, PushToken.token.in_(tokens))
-    connection.execute(delete(PushToken).where(mine_or_moving))
+    owners = connection.execute(delete(PushToken).where(mine_or_moving).returning(PushToken.user_id))
+    moved_from = sorted({owner for owner in owners.scalars() if owner != data.user_id})
     if tokens:
         connection.execute(
             insert(PushToken),
@@ -70,6 +75,7 @@ def _replace_tokens(connection: Connection, data: UserUpsert, now: datetime) -> 
                 for t, p in tokens.items()
             ],
         )
+    return moved_from
 
 
 @job("preferences.update", PreferencesUpdate, queue="default")
@@ -97,6 +103,7 @@ def update_preferences(ctx: JobContext, data: PreferencesUpdate) -> None:
             connection.execute(
                 update(PreferencesRow).where(PreferencesRow.user_id == data.user_id).values(**values)
             )
+    touch(ctx.runtime.redis, NotifKeys(ctx.runtime.settings.redis_prefix), [data.user_id])
     ctx.emit("preferences.updated", {"user_id": data.user_id})
 
 
