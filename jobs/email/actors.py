@@ -29,7 +29,7 @@ def check_email_settings(settings: Settings) -> None:
 
 def _with_template(ctx: JobContext, email: EmailSend, name: str) -> tuple[EmailSend, TemplateSource]:
     """The email with the latest version of its template rendered into subject and bodies."""
-    source = load_template(TemplateStore(ctx.runtime.db), name)
+    source = load_template(TemplateStore(ctx.runtime.reader), name)  # reads only: no write lock
     return rendered(email, source), source
 
 

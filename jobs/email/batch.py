@@ -127,7 +127,7 @@ def _render_all(ctx: JobContext, emails: list[BatchEmail]) -> list[_Email]:
     A template not there yet holds the whole batch (NotReady), as it would hold one email; a
     template that fails to render fails only the emails using it.
     """
-    store = TemplateStore(ctx.runtime.db)
+    store = TemplateStore(ctx.runtime.reader)  # reads only: no write lock
     sources: dict[str, TemplateSource] = {}
     out: list[_Email] = []
     for email in emails:
