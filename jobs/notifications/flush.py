@@ -30,7 +30,6 @@ from jobs.notifications.keys import NotifKeys
 from jobs.notifications.models import Channel
 from jobs.notifications.profiles import Profile, ProfileCache, load_profile
 from jobs.notifications.state import Claim, NotifState
-from jobs.webhooks.store import EndpointOwners
 from worker.db.group import Kind
 from worker.db.messaging import NotificationLog
 from worker.due import DueStore
@@ -38,6 +37,7 @@ from worker.logging import get_logger
 from worker.ratelimit import RateLimiter, RedisBackend, Rule
 
 if TYPE_CHECKING:
+    from jobs.webhooks.store import EndpointOwners
     from worker.runtime import Runtime
 
 log = get_logger(__name__)
@@ -78,6 +78,10 @@ class Services:
 
     @classmethod
     def build(cls, runtime: Runtime) -> Services:
+        # Here, not at the top: importing the webhooks capability registers its job types, which
+        # a daemon without it (TASKMASTER_JOB_MODULES) should not get by loading this module.
+        from jobs.webhooks.store import EndpointOwners
+
         settings = runtime.settings
         return cls(
             runtime=runtime,
