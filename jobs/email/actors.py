@@ -93,17 +93,8 @@ def send_email(ctx: JobContext, email: EmailSend) -> None:
         pending = [r for r in pending if r not in blocked]
         if not pending:
             return
-    copies: list[tuple[EmailSend, str, list[str]]] = [(email, key, pending)]
-    if len(pending) < len(recipients):
-        # Some recipients are done or suppressed: HTTP providers take recipients from the
-        # message's own To and Cc, so those must list only who is still to be sent to.
-        email = only(email, pending)
-        copies = [(email, key, pending)]
-        if not email.to:
-            # Only Bcc recipients are left: one copy each, so none sees the others.
-            copies = [(only_to(email, r), f"{key}:{r}", [r]) for r in pending]
     later: dict[str, str] = {}
-    for copy, send_key, to in copies:
+    for copy, send_key, to in copies_for(email, key, pending):
         later |= _send(
             ctx, service, copy, key=key, send_key=send_key, message_id=message_id, to=to, about=about
         )
@@ -185,6 +176,21 @@ def _hold_until_send_at(ctx: JobContext, email: EmailSend) -> None:
         submitted_ms=ctx.submitted_ms,
     )
     ctx.emit("email.scheduled", {"send_at": email.send_at.isoformat(), "to": email.to})
+
+
+def copies_for(email: EmailSend, key: str, pending: list[str]) -> list[tuple[EmailSend, str, list[str]]]:
+    """The messages that send ``email`` to its ``pending`` recipients: (email, provider
+    idempotency key, envelope recipients) each. The email itself when everyone is pending; else
+    one addressed to those alone; one copy each when only Bcc recipients are left."""
+    if len(pending) == len(recipients_of(email)):
+        return [(email, key, pending)]
+    # Some recipients are done or suppressed: HTTP providers take recipients from the message's
+    # own To and Cc, so those must list only who is still to be sent to.
+    left = only(email, pending)
+    if not left.to:
+        # Only Bcc recipients are left: one copy each, so none sees the others.
+        return [(only_to(left, r), f"{key}:{r}", [r]) for r in pending]
+    return [(left, key, pending)]
 
 
 def only(email: EmailSend, recipients: list[str]) -> EmailSend:

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import dramatiq
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from jobs.email.actors import identity, load_template, only, only_to, recipients_of, rendered
+from jobs.email.actors import copies_for, identity, load_template, recipients_of, rendered
 from jobs.email.message import build_message, stable_message_id
 from jobs.email.models import EmailSend
 from jobs.email.providers.base import BatchItem, SendResult
@@ -158,19 +158,9 @@ class _Piece:
 
 def _pieces(e: _Email, sender: str, date: datetime) -> list[_Piece]:
     """The messages that send ``e`` to its pending recipients, as `email.send` would send them."""
-    email: EmailSend = e.email
-    key = e.email.key
-    copies = [(email, key, list(e.pending))]
-    if len(e.pending) < len(recipients_of(email)):
-        # HTTP providers take recipients from the message's own To and Cc: list only those left.
-        email = only(email, e.pending)
-        copies = [(email, key, list(e.pending))]
-        if not email.to:
-            # Only Bcc recipients are left: one copy each, so none sees the others.
-            copies = [(only_to(email, r), f"{key}:{r}", [r]) for r in e.pending]
     return [
-        _Piece(e, BatchItem(build_message(copy, sender=sender, message_id=e.message_id, date=date), k, to))
-        for copy, k, to in copies
+        _Piece(e, BatchItem(build_message(copy, sender=sender, message_id=e.message_id, date=date), key, to))
+        for copy, key, to in copies_for(e.email, e.email.key, list(e.pending))
     ]
 
 
