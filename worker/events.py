@@ -79,9 +79,8 @@ class Events:
 
 
 class Emitter:
-    """Reports the outcomes of one job: call it with an event; ``publish_in`` queues one on the
-    caller's pipeline instead, and ``encode`` gives it to a caller's script, to go out atomically
-    with the caller's other writes."""
+    """Reports the outcomes of one job: call it with an event; ``encode`` gives one to a caller
+    that publishes it in a script of its own, atomically with its other writes."""
 
     __slots__ = ("_events", "_job")
 
@@ -91,13 +90,6 @@ class Emitter:
 
     def __call__(self, event_type: str, data: dict[str, Any]) -> None:
         self._events.publish(event_type, data, job=self._job)
-
-    def publish_in(self, pipe: Any, event_type: str, data: dict[str, Any]) -> None:
-        self._events.publish_in(pipe, event_type, data, job=self._job)
-
-    @property
-    def events(self) -> Events:
-        return self._events
 
     def encode(self, event_type: str, data: dict[str, Any]) -> str:
         """The event as it would be published: for a caller that publishes it in a script."""
