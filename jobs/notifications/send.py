@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from jobs.notifications import metrics
 from jobs.notifications.channels import Delivery
-from jobs.notifications.decision import ChannelDecision, Counters, decide
+from jobs.notifications.decision import ChannelDecision, Counters, Decision, decide
 from jobs.notifications.digest import DigestItem, Single
 from jobs.notifications.flush import (
     Emit,
@@ -28,6 +30,7 @@ from jobs.notifications.flush import (
 )
 from jobs.notifications.models import Channel, NotificationSend
 from jobs.notifications.profiles import Profile
+from jobs.notifications.state import Added, AddRequest, Ask, Snapshot
 from worker.errors import NotReady
 from worker.events import Emitter
 from worker.logging import get_logger
@@ -37,6 +40,31 @@ log = get_logger(__name__)
 # An urgent delivery over a rate limit waits in its worker thread when the limiter frees room
 # within this long: through the due-time store it would take a release and two more jobs.
 URGENT_PATIENCE_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One `notification.send` job to decide, with the emitter that reports its outcomes."""
+
+    notification: NotificationSend
+    notification_id: str
+    idempotency_key: str
+    submitted_ms: int
+    emit: Emit
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A notification decided, on its way to being acted on and reported."""
+
+    incoming: Incoming
+    profile: Profile
+    item: DigestItem
+    decision: Decision
+    # Channels whose item joins a batch straight away: the index of its request in the batch's
+    # one add script.
+    joins: dict[Channel, int] = field(default_factory=dict)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def send(
@@ -50,10 +78,112 @@ def send(
     now: datetime | None = None,
 ) -> None:
     """Decide ``notification`` on each channel and act on it; NotReady while the user is unknown."""
+    incoming = Incoming(notification, notification_id, idempotency_key, submitted_ms, emit)
+    if send_many(svc, [incoming], now=now):
+        raise NotReady(f"user {notification.user_id!r} is not known yet")
+
+
+def send_many(svc: Services, batch: Sequence[Incoming], *, now: datetime | None = None) -> list[Incoming]:
+    """Decide each notification of ``batch`` on each channel and act on it, with the round trips
+    shared: one script reads every snapshot, one puts every held item into its batch, one
+    transaction logs every decision and one script reports them all.
+
+    Returns the notifications whose user is not known yet, to be tried again later.
+    """
     now = now or datetime.now(UTC)
-    settings = svc.runtime.settings
+    started = time.perf_counter()
+    # One job twice in a batch (an entry claimed again while still pending) is decided once:
+    # both would read the same snapshot, before either marked its channels done.
+    unique: dict[str, Incoming] = {}
+    for incoming in batch:
+        unique.setdefault(incoming.idempotency_key, incoming)
+    batch = list(unique.values())
+    snapshots = svc.state.snapshot(
+        [Ask(i.notification.user_id, i.notification.wanted_channels(), i.idempotency_key) for i in batch]
+    )
+    waiting: list[Incoming] = []
+    plans: list[_Plan] = []
+    joins: list[AddRequest] = []
+    for incoming, snapshot in zip(batch, snapshots, strict=True):
+        plan = _decide(svc, incoming, snapshot, now, waiting)
+        # Decision latency: from the batch's start, its shared snapshot included, to this one.
+        metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+        if plan is None:
+            continue
+        plans.append(plan)
+        for d in plan.decision.channels:
+            if d.action not in ("suppress", "deliver") and svc.reaches(plan.profile, d.channel):
+                plan.joins[d.channel] = len(joins)
+                joins.append(_join_request(svc, plan.profile.user_id, plan.item, d, now))
+    added = svc.state.add_many(joins)
+    # Each channel's events wait for the end: they go out with the channels' done marks in one
+    # atomic round trip, after the log rows are committed. A job that dies before that is decided
+    # again on every channel, which acting makes no worse (a batch holds a notification once,
+    # a cap counts it once, a hand-over is enqueued once by its key); none is reported twice.
+    with logged_together(svc):
+        for plan in plans:
+            emit = _held(plan.events)
+            for d in plan.decision.channels:
+                index = plan.joins.get(d.channel)
+                if index is not None:
+                    _joined(svc, emit, plan.profile.user_id, plan.item, d, added[index])
+                else:
+                    _act(svc, emit, plan, d, now)
+    payloads: list[str] = []
+    done: list[tuple[str, Channel]] = []
+    for plan in plans:
+        emitter = plan.incoming.emit
+        for kind, data in plan.events:
+            if isinstance(emitter, Emitter):
+                payloads.append(emitter.encode(kind, data))
+            else:  # a plain callable (tests): it takes the events, the script the marks
+                emitter(kind, data)
+        done += ((plan.incoming.idempotency_key, d.channel) for d in plan.decision.channels)
+    if done:
+        svc.state.report(svc.runtime.events, payloads, done, int(svc.runtime.settings.idempotency_ttl))
+    return waiting
+
+
+def _decide(
+    svc: Services, incoming: Incoming, snapshot: Snapshot, now: datetime, waiting: list[Incoming]
+) -> _Plan | None:
+    """The decision on the channels this job has not handled yet; None when there is nothing to
+    do (all handled, or the user is unknown or erased: reported, or put in ``waiting``)."""
+    notification = incoming.notification
+    profile = svc.profiles.get(svc.runtime.reader, notification.user_id, snapshot.token)
+    if profile is None or profile.erased:
+        waited_s = now.timestamp() - incoming.submitted_ms / 1000
+        if profile is None and waited_s < svc.runtime.settings.not_ready_max_age:
+            waiting.append(incoming)
+            return None
+        reason = "user_erased" if profile is not None else "unknown_user"
+        for channel in notification.wanted_channels():
+            incoming.emit(
+                "notification.failed",
+                {
+                    "user_id": notification.user_id,
+                    "channel": channel,
+                    "notification_ids": [incoming.notification_id],
+                    "reason": reason,
+                },
+            )
+            metrics.DECISIONS.labels(channel, "failed", reason).inc()
+        return None
+    metrics.RECEIVED.labels(notification.priority).inc()
+    prefs = profile.preferences
+    channels = [c for c in notification.wanted_channels() if c not in snapshot.done]
+    if not channels:
+        return None
+    counters: dict[Channel, Counters] = {}
+    if prefs.caps.per_hour or prefs.caps.per_day:
+        for channel in channels:
+            counters[channel] = svc.state.caps(
+                notification.user_id, channel, prefs.caps, now, mode="peek"
+            ).counters
+    asked = notification.model_copy(update={"channels": channels})
+    decision = decide(asked, prefs, profile.timezone, now, counters, snapshot.digests, svc.rules)
     item = DigestItem(
-        notification_id=notification_id,
+        notification_id=incoming.notification_id,
         category=notification.category,
         title=notification.title,
         created_at=now,
@@ -62,79 +192,16 @@ def send(
         dedupe_key=notification.dedupe_key,
         priority=notification.priority,
     )
-    started = time.perf_counter()
-    token, done, digests = svc.state.snapshot(
-        notification.user_id, notification.wanted_channels(), idempotency_key
-    )
-    profile = svc.profiles.get(svc.runtime.reader, notification.user_id, token)
-    if profile is None or profile.erased:
-        waited_s = now.timestamp() - submitted_ms / 1000
-        if profile is None and waited_s < settings.not_ready_max_age:
-            raise NotReady(f"user {notification.user_id!r} is not known yet")
-        reason = "user_erased" if profile is not None else "unknown_user"
-        for channel in notification.wanted_channels():
-            emit(
-                "notification.failed",
-                {
-                    "user_id": notification.user_id,
-                    "channel": channel,
-                    "notification_ids": [notification_id],
-                    "reason": reason,
-                },
-            )
-            metrics.DECISIONS.labels(channel, "failed", reason).inc()
-        return
-    metrics.RECEIVED.labels(notification.priority).inc()
-    prefs = profile.preferences
-    channels = [c for c in notification.wanted_channels() if c not in done]
-    counters: dict[Channel, Counters] = {}
-    if prefs.caps.per_hour or prefs.caps.per_day:
-        for channel in channels:
-            counters[channel] = svc.state.caps(
-                notification.user_id, channel, prefs.caps, now, mode="peek"
-            ).counters
-    asked = notification.model_copy(update={"channels": channels}) if channels else None
-    decision = decide(asked, prefs, profile.timezone, now, counters, digests, svc.rules) if asked else None
-    metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
-    if decision is None:
-        return
-    # Each channel's events wait for the end: they go out with the channels' done marks in one
-    # atomic round trip, after the log rows are committed. A job that dies before that is decided
-    # again on every channel, which acting makes no worse (a batch holds a notification once,
-    # a cap counts it once, a hand-over is enqueued once by its key); none is reported twice.
-    events: list[tuple[str, dict[str, Any]]] = []
-    with logged_together(svc):
-        for d in decision.channels:
-            _act(svc, _held(events), profile, notification, item, d, idempotency_key, now)
-    payloads: list[str] = []
-    for kind, data in events:
-        if isinstance(emit, Emitter):
-            payloads.append(emit.encode(kind, data))
-        else:  # a plain callable (tests): it takes the events, the script the marks
-            emit(kind, data)
-    svc.state.report(
-        svc.runtime.events,
-        payloads,
-        idempotency_key,
-        [d.channel for d in decision.channels],
-        int(settings.idempotency_ttl),
-    )
+    return _Plan(incoming, profile, item, decision)
 
 
 def _held(events: list[tuple[str, dict[str, Any]]]) -> Emit:
     return lambda kind, data: events.append((kind, data))
 
 
-def _act(
-    svc: Services,
-    emit: Emit,
-    profile: Profile,
-    notification: NotificationSend,
-    item: DigestItem,
-    d: ChannelDecision,
-    idempotency_key: str,
-    now: datetime,
-) -> None:
+def _act(svc: Services, emit: Emit, plan: _Plan, d: ChannelDecision, now: datetime) -> None:
+    """Carry out a decision on one channel that did not join a batch straight away."""
+    profile, item, notification = plan.profile, plan.item, plan.incoming.notification
     user_id = notification.user_id
     if d.action == "suppress":
         record(
@@ -163,9 +230,10 @@ def _act(
     if d.action == "deliver":
         d = _count_against_caps(svc, profile, notification, item, d, now)
     if d.action == "deliver":
-        _deliver_now(svc, emit, profile, item, d, idempotency_key, now)
+        _deliver_now(svc, emit, profile, item, d, plan.incoming.idempotency_key, now)
         return
-    _join_batch(svc, emit, user_id, item, d, now)
+    request = _join_request(svc, user_id, item, d, now)
+    _joined(svc, emit, user_id, item, d, svc.state.add(request))
 
 
 def _count_against_caps(
@@ -216,15 +284,17 @@ def _deliver_now(
     delivery_id = key.removeprefix("notif:")
     batch_key = svc.keys.direct(delivery_id)
     added = svc.state.add(
-        batch_key,
-        item,
-        user_id=profile.user_id,
-        channel=d.channel,
-        now=now,
-        close_at=now,
-        max_items=1,
-        where_ttl_s=svc.runtime.settings.idempotency_ttl,
-        direct=True,
+        AddRequest(
+            key=batch_key,
+            item=item,
+            user_id=profile.user_id,
+            channel=d.channel,
+            now=now,
+            close_at=now,
+            max_items=1,
+            where_ttl_s=svc.runtime.settings.idempotency_ttl,
+            direct=True,
+        )
     )
     job = FlushJob(
         user_id=profile.user_id,
@@ -236,14 +306,13 @@ def _deliver_now(
     delay_for_rate(svc, emit, job, svc.keys.direct_due(delivery_id), [item], wait_s, now)
 
 
-def _join_batch(
-    svc: Services, emit: Emit, user_id: str, item: DigestItem, d: ChannelDecision, now: datetime
-) -> None:
+def _join_request(
+    svc: Services, user_id: str, item: DigestItem, d: ChannelDecision, now: datetime
+) -> AddRequest:
     assert d.until is not None
-    batch_key = svc.keys.batch(user_id, d.channel)
-    added = svc.state.add(
-        batch_key,
-        item,
+    return AddRequest(
+        key=svc.keys.batch(user_id, d.channel),
+        item=item,
         user_id=user_id,
         channel=d.channel,
         now=now,
@@ -251,6 +320,19 @@ def _join_batch(
         max_items=svc.rules.max_items,
         where_ttl_s=svc.runtime.settings.idempotency_ttl,
     )
+
+
+def _joined(
+    svc: Services,
+    emit: Emit,
+    user_id: str,
+    item: DigestItem,
+    d: ChannelDecision,
+    added: Added,
+) -> None:
+    """After ``item`` joined the user's batch: its close in the due-time store, and the record."""
+    assert d.until is not None
+    batch_key = svc.keys.batch(user_id, d.channel)
     if added.moved:
         job = FlushJob(user_id=user_id, channel=d.channel, batch_key=batch_key, batch_id=added.batch_id)
         svc.put_flush(svc.keys.flush_due(user_id, d.channel), job, added.close_at)

@@ -3,32 +3,44 @@
 -- Sections are split by state.py on lines "--- name".
 
 --- add
--- KEYS: batch, where. ARGV: field, item, new_id, now_ms, close_ms, max_items, user, channel,
--- where_ttl_ms, direct. Returns {batch id, close ms, 1 when the close is new or earlier, items}.
-local created = 0
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'm:id', ARGV[3], 'm:opened', ARGV[4], 'm:close', ARGV[5], 'm:n', 0,
-    'm:received', 0, 'm:user', ARGV[7], 'm:channel', ARGV[8], 'm:direct', ARGV[10])
-  created = 1
+-- Puts items into batches, in order, each as if added by a script of its own.
+-- KEYS: for each item its batch and its notification's where-hash. ARGV: for each item 10 values:
+-- field, item, new_id, now_ms, close_ms, max_items, user, channel, where_ttl_ms, direct.
+-- Returns for each item: batch id, close ms, 1 when the close is new or earlier, items.
+local out = {}
+for i = 1, #KEYS, 2 do
+  local batch, where = KEYS[i], KEYS[i + 1]
+  local a = (i - 1) * 5
+  local field, now_ms, max_items = ARGV[a + 1], tonumber(ARGV[a + 4]), tonumber(ARGV[a + 6])
+  local created = 0
+  if redis.call('EXISTS', batch) == 0 then
+    redis.call('HSET', batch, 'm:id', ARGV[a + 3], 'm:opened', ARGV[a + 4], 'm:close', ARGV[a + 5],
+      'm:n', 0, 'm:received', 0, 'm:user', ARGV[a + 7], 'm:channel', ARGV[a + 8], 'm:direct', ARGV[a + 10])
+    created = 1
+  end
+  if redis.call('HEXISTS', batch, field) == 0 then
+    redis.call('HINCRBY', batch, 'm:n', 1)
+  end
+  redis.call('HSET', batch, field, ARGV[a + 2])
+  redis.call('HINCRBY', batch, 'm:received', 1)
+  local meta = redis.call('HMGET', batch, 'm:n', 'm:close', 'm:id')
+  local n, close = tonumber(meta[1]), tonumber(meta[2])
+  local want = tonumber(ARGV[a + 5])
+  if n >= max_items then want = math.min(want, now_ms) end
+  local moved = created
+  if want < close then
+    close = want
+    redis.call('HSET', batch, 'm:close', close)
+    moved = 1
+  end
+  redis.call('HSET', where, ARGV[a + 8], batch .. '\n' .. field)
+  redis.call('PEXPIRE', where, ARGV[a + 9])
+  out[#out + 1] = meta[3]
+  out[#out + 1] = close
+  out[#out + 1] = moved
+  out[#out + 1] = n
 end
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
-  redis.call('HINCRBY', KEYS[1], 'm:n', 1)
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'm:received', 1)
-local n = tonumber(redis.call('HGET', KEYS[1], 'm:n'))
-local close = tonumber(redis.call('HGET', KEYS[1], 'm:close'))
-local want = tonumber(ARGV[5])
-if n >= tonumber(ARGV[6]) then want = math.min(want, tonumber(ARGV[4])) end
-local moved = created
-if want < close then
-  close = want
-  redis.call('HSET', KEYS[1], 'm:close', close)
-  moved = 1
-end
-redis.call('HSET', KEYS[2], ARGV[8], KEYS[1] .. '\n' .. ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[9])
-return {redis.call('HGET', KEYS[1], 'm:id'), close, moved, n}
+return out
 
 --- claim
 -- KEYS: batch, flushing. ARGV: batch id, owner, lease_ms, now_ms.
@@ -89,21 +101,27 @@ end
 return {admitted, hour, day, hour_room, day_room}
 
 --- snapshot
--- KEYS: the user's profile token, then for each channel the job's done mark on it and the
--- user's batch on it.
--- Returns the token ('' when none), then for each channel: 1 when done, the batch's opening ms
--- (-1: no batch), its size.
-local out = {redis.call('GET', KEYS[1]) or ''}
-for i = 2, #KEYS, 2 do
-  out[#out + 1] = redis.call('EXISTS', KEYS[i])
-  local meta = redis.call('HMGET', KEYS[i + 1], 'm:opened', 'm:n')
-  out[#out + 1] = tonumber(meta[1]) or -1
-  out[#out + 1] = tonumber(meta[2]) or 0
+-- KEYS: for each notification the user's profile token, then for each of its channels the job's
+-- done mark on it and the user's batch on it. ARGV: each notification's number of channels.
+-- Returns for each notification its token ('' when none), then for each channel: 1 when done,
+-- the batch's opening ms (-1: no batch), its size.
+local out = {}
+local k = 1
+for j = 1, #ARGV do
+  out[#out + 1] = redis.call('GET', KEYS[k]) or ''
+  k = k + 1
+  for _ = 1, tonumber(ARGV[j]) do
+    out[#out + 1] = redis.call('EXISTS', KEYS[k])
+    local meta = redis.call('HMGET', KEYS[k + 1], 'm:opened', 'm:n')
+    out[#out + 1] = tonumber(meta[1]) or -1
+    out[#out + 1] = tonumber(meta[2]) or 0
+    k = k + 2
+  end
 end
 return out
 
 --- report
--- KEYS: the events stream, then the job's done mark on each channel decided.
+-- KEYS: the events stream, then the done mark of each (job, channel) decided.
 -- ARGV: the stream's approximate max length, the marks' TTL (s), then each event's JSON.
 -- Publishes the events and sets the marks together: a job never reports a channel twice.
 for i = 3, #ARGV do

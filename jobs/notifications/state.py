@@ -81,6 +81,37 @@ def decode_item(text: str | bytes) -> DigestItem:
 
 
 @dataclass(frozen=True, slots=True)
+class Ask:
+    """What a notification's snapshot reads: its user, the channels it asks for, its job's key."""
+
+    user_id: str
+    channels: Sequence[Channel]
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    token: str  # the user's profile token, '' when none
+    done: set[Channel]  # channels this job already handled
+    digests: dict[Channel, OpenDigest]  # the user's open digests on the channels asked
+
+
+@dataclass(frozen=True, slots=True)
+class AddRequest:
+    """``item`` into the batch at ``key``, which opens at ``now`` when there is none."""
+
+    key: str
+    item: DigestItem
+    user_id: str
+    channel: Channel
+    now: datetime
+    close_at: datetime
+    max_items: int
+    where_ttl_s: float
+    direct: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Added:
     batch_id: str
     close_at: datetime
@@ -128,69 +159,75 @@ class NotifState:
             return None
         return OpenDigest(opened_at=from_ms(int(opened)), size=int(size or 0))
 
-    def snapshot(
-        self, user_id: str, channels: Sequence[Channel], idempotency_key: str
-    ) -> tuple[str, set[Channel], dict[Channel, OpenDigest]]:
-        """In one script: the user's profile token ('' when none), the channels this job already
-        handled, and the open digests."""
-        keys = [self.keys.profile(user_id)]
-        for channel in channels:
-            keys += (self.keys.done(idempotency_key, channel), self.keys.batch(user_id, channel))
-        replies = self._scripts["snapshot"](keys=keys, args=[])
-        token = replies[0].decode() if isinstance(replies[0], bytes) else str(replies[0])
-        done: set[Channel] = set()
-        digests: dict[Channel, OpenDigest] = {}
-        for index, channel in enumerate(channels):
-            marked, opened, size = replies[1 + 3 * index : 4 + 3 * index]
-            if marked:
-                done.add(channel)
-            if int(opened) >= 0:
-                digests[channel] = OpenDigest(opened_at=from_ms(int(opened)), size=int(size))
-        return token, done, digests
+    def snapshot(self, asks: Sequence[Ask]) -> list[Snapshot]:
+        """In one script, for each notification: the user's profile token ('' when none), the
+        channels its job already handled, and the user's open digests on its channels."""
+        keys: list[str] = []
+        counts: list[int] = []
+        for ask in asks:
+            keys.append(self.keys.profile(ask.user_id))
+            for channel in ask.channels:
+                keys += (self.keys.done(ask.idempotency_key, channel), self.keys.batch(ask.user_id, channel))
+            counts.append(len(ask.channels))
+        replies = self._scripts["snapshot"](keys=keys, args=counts)
+        out: list[Snapshot] = []
+        at = 0
+        for ask in asks:
+            token = _text(replies[at])
+            done: set[Channel] = set()
+            digests: dict[Channel, OpenDigest] = {}
+            for index, channel in enumerate(ask.channels):
+                marked, opened, size = replies[at + 1 + 3 * index : at + 4 + 3 * index]
+                if marked:
+                    done.add(channel)
+                if int(opened) >= 0:
+                    digests[channel] = OpenDigest(opened_at=from_ms(int(opened)), size=int(size))
+            out.append(Snapshot(token, done, digests))
+            at += 1 + 3 * len(ask.channels)
+        return out
 
     def report(
         self,
         events: Events,
         payloads: Sequence[str],
-        idempotency_key: str,
-        channels: Sequence[Channel],
+        done: Sequence[tuple[str, Channel]],
         ttl_s: int,
     ) -> None:
-        """Publish a job's events (encoded) and mark its channels done, in one atomic step."""
-        keys = [events.stream, *(self.keys.done(idempotency_key, channel) for channel in channels)]
+        """Publish jobs' events (encoded) and mark each (idempotency key, channel) of ``done``,
+        in one atomic step."""
+        keys = [events.stream, *(self.keys.done(key, channel) for key, channel in done)]
         self._scripts["report"](keys=keys, args=[events.maxlen, ttl_s, *payloads])
 
-    def add(
-        self,
-        key: str,
-        item: DigestItem,
-        *,
-        user_id: str,
-        channel: Channel,
-        now: datetime,
-        close_at: datetime,
-        max_items: int,
-        where_ttl_s: float,
-        direct: bool = False,
-    ) -> Added:
-        """Put ``item`` into the batch at ``key`` (opening it at ``now`` when there is none)."""
-        result = self._scripts["add"](
-            keys=[key, self.keys.where(item.notification_id)],
-            args=[
-                item_field(item),
-                encode_item(item),
+    def add(self, request: AddRequest) -> Added:
+        """Put an item into the batch at ``request.key`` (opening it when there is none)."""
+        return self.add_many([request])[0]
+
+    def add_many(self, requests: Sequence[AddRequest]) -> list[Added]:
+        """Put each item into its batch, in order, in one script: the same as one add after the
+        other."""
+        if not requests:
+            return []
+        keys: list[str] = []
+        args: list[Any] = []
+        for r in requests:
+            keys += (r.key, self.keys.where(r.item.notification_id))
+            args += (
+                item_field(r.item),
+                encode_item(r.item),
                 uuid.uuid4().hex,
-                to_ms(now),
-                to_ms(close_at),
-                max_items,
-                user_id,
-                channel,
-                int(where_ttl_s * 1000),
-                "1" if direct else "0",
-            ],
-        )
-        batch_id, close_ms, moved, size = result
-        return Added(_text(batch_id), from_ms(int(close_ms)), bool(moved), int(size))
+                to_ms(r.now),
+                to_ms(r.close_at),
+                r.max_items,
+                r.user_id,
+                r.channel,
+                int(r.where_ttl_s * 1000),
+                "1" if r.direct else "0",
+            )
+        result = self._scripts["add"](keys=keys, args=args)
+        return [
+            Added(_text(result[i]), from_ms(int(result[i + 1])), bool(result[i + 2]), int(result[i + 3]))
+            for i in range(0, len(result), 4)
+        ]
 
     def read(self, key: str) -> Batch | None:
         raw = self._client.hgetall(key)

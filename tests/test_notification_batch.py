@@ -1,0 +1,78 @@
+"""send_many: several notifications decided with shared round trips, as if one after the other."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from jobs.notifications.models import NotificationSend
+from jobs.notifications.send import Incoming, send_many
+from tests.test_notification_send import T0, Rig, open_rig
+
+
+@pytest.fixture
+def rig(env: dict[str, str]) -> Iterator[Rig]:
+    yield from open_rig(env)
+
+
+def incoming(rig: Rig, id: str, user: str = "u1", **data: Any) -> Incoming:
+    body = {"user_id": user, "category": "task.due", "title": f"title {id}", "channels": ["email"], **data}
+    submitted_ms = int(T0.timestamp() * 1000)
+    return Incoming(NotificationSend.model_validate(body), id, f"id:{id}", submitted_ms, rig.emit)
+
+
+def evalsha_calls(rig: Rig) -> int:
+    stats: Any = rig.runtime.redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_batch_decides_as_one_notification_after_the_other(rig: Rig) -> None:
+    """Digest joins in order (a later dedupe_key replaces the earlier), a quiet-hours hold, an
+    unknown user handed back to be tried again, every decision logged and reported once."""
+    rig.user("u1")
+    rig.user("u2", quiet_hours={"start": "09:00", "end": "12:00"})
+    batch = [
+        incoming(rig, "n1", dedupe_key="task-42", title="Report due (1)"),
+        incoming(rig, "n2", user="u2"),
+        incoming(rig, "n3", user="nobody"),
+        incoming(rig, "n4", dedupe_key="task-42", title="Report due (2)"),
+        incoming(rig, "n5", priority="urgent"),
+    ]
+    waiting = send_many(rig.svc, batch, now=T0)
+    assert [w.notification_id for w in waiting] == ["n3"]
+    deferred = {d["notification_ids"][0]: d for d in rig.of("notification.deferred")}
+    assert deferred["n1"]["reason"] == deferred["n4"]["reason"] == "digest"
+    assert deferred["n1"]["until"] == deferred["n4"]["until"] == "2026-07-14T10:05:00Z"
+    assert deferred["n2"]["reason"] == "quiet_hours" and deferred["n2"]["until"] == "2026-07-14T12:00:00Z"
+    assert [d["notification_ids"] for d in rig.of("notification.delivered")] == [["n5"]]
+    assert sorted(row.notification_id for row in rig.log()) == ["n1", "n2", "n4", "n5"]
+
+    assert rig.run_due(T0 + timedelta(minutes=5)) == 1
+    digest = next(e for e in rig.emails() if e.get("variables", {}).get("title") != "title n5")
+    assert digest["variables"]["title"] == "Report due (2)"  # one item left: it goes as itself
+
+    before = len(rig.events)
+    assert send_many(rig.svc, batch[:2] + batch[3:], now=T0) == []
+    assert len(rig.events) == before  # every channel of those jobs is done: nothing twice
+
+
+def test_a_job_twice_in_one_batch_is_decided_once(rig: Rig) -> None:
+    rig.user("u1")
+    send_many(rig.svc, [incoming(rig, "n1"), incoming(rig, "n1")], now=T0)
+    assert len(rig.of("notification.deferred")) == 1
+    assert len(rig.log()) == 1
+
+
+def test_a_batch_shares_its_scripts(rig: Rig) -> None:
+    """Twenty notifications joining open digests: one snapshot, one add and one report script."""
+    for n in range(4):
+        rig.user(f"u{n}")
+    send_many(rig.svc, [incoming(rig, f"open{n}", user=f"u{n}") for n in range(4)], now=T0)
+    before = evalsha_calls(rig)
+    batch = [incoming(rig, f"n{n}", user=f"u{n % 4}") for n in range(20)]
+    send_many(rig.svc, batch, now=T0 + timedelta(seconds=1))
+    assert evalsha_calls(rig) - before == 3
+    assert len(rig.of("notification.deferred")) == 24
