@@ -15,7 +15,7 @@ import pytest
 import redis
 
 import jobs.email.cli  # noqa: F401  (registers `templates`, as jobs.email will once it imports it)
-from jobs.email import actors
+from jobs.email import template_store
 from jobs.email.template_store import TemplateStore, find_template
 from tests.helpers import events, wait_for
 from tests.test_templates import DIGEST_VARIABLES, template_jobs_registered
@@ -169,7 +169,7 @@ def test_an_email_waits_for_its_template_then_uses_it(
         lookups.append(name)
         return find_template(store, name)
 
-    monkeypatch.setattr(actors, "find_template", counting_find)
+    monkeypatch.setattr(template_store, "find_template", counting_find)
     # Given an email whose template has not arrived, tried twice already
     job = {
         "type": "email.send",
@@ -343,3 +343,36 @@ def test_preview_uses_builtins_before_any_database_exists(
     assert main(["templates", "preview", "system", "--vars", variables]) == 0
     assert "Subject: Hello" in capsys.readouterr().out
     assert not (Path(env["TASKMASTER_DATA_DIR"]) / "taskmaster.db").exists()
+
+
+def test_the_latest_version_is_read_once_per_process_until_another_is_stored(
+    db_url: str, db_env: dict[str, str], redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Emails of one template query the database once; a stored version is used at once after."""
+    queries: list[str] = []
+    real_latest = TemplateStore.latest
+
+    def counting_latest(self: TemplateStore, name: str) -> Any:
+        queries.append(name)
+        return real_latest(self, name)
+
+    monkeypatch.setattr(TemplateStore, "latest", counting_latest)
+    engine = make_engine(db_url)
+    store = TemplateStore(engine)
+    store.add_version("digest", "v1", None, "one")
+    cache = template_store.LatestTemplates(redis_client, "taskmaster:templates:token")
+    cache.changed()
+    assert [cache.get(engine, "digest").subject for _ in range(5)] == ["v1"] * 5  # type: ignore[union-attr]
+    assert queries == ["digest"]
+    # When a new version is stored (template.upsert replaces the token after storing)
+    store.add_version("digest", "v2", None, "two")
+    cache.changed()
+    # Then the next lookup reads it
+    assert cache.get(engine, "digest").subject == "v2"  # type: ignore[union-attr]
+    assert queries == ["digest", "digest"]
+    # And a Redis that lost the token is not trusted: every lookup reads until one is stored
+    redis_client.delete("taskmaster:templates:token")
+    cache.get(engine, "digest")
+    cache.get(engine, "digest")
+    assert len(queries) == 4
+    engine.dispose()

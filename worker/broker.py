@@ -13,6 +13,7 @@ from dramatiq.middleware import AgeLimit, Retries, TimeLimit
 from worker.context import JobContext
 from worker.errors import NotReady, PermanentError
 from worker.events import JobRef
+from worker.lanes import Lanes
 from worker.middleware.lifecycle import JobLifecycle, current_message, job_ref
 from worker.middleware.maintenance import Maintenance
 from worker.redis_conn import connect, redis_url
@@ -31,6 +32,7 @@ def build_broker(runtime: Runtime, *, on_memory_limit: Callable[[], None] = lamb
             max_backoff=int(settings.job_max_backoff * 1000),
         ),
         JobLifecycle(runtime),
+        Lanes(runtime),
         Maintenance(
             queues=list(QUEUES),
             interval_s=settings.maintenance_interval,

@@ -1,4 +1,4 @@
--- Hands validated jobs to their Dramatiq queues and settles their intake entries, atomically:
+-- Hands validated jobs to their Dramatiq queues (or batch lanes, worker/lanes.py) and settles their intake entries, atomically:
 -- a job is enqueued exactly when its entry is acknowledged, and a job whose idempotency key
 -- was already taken is acknowledged without being enqueued again.
 --
@@ -9,6 +9,7 @@
 -- ARGV[6..] records of 9 fields each:
 --   "job",    entry id or "", idempotency key or "", queue list key, queue hash key, message id, message,
 --             overlap guard key or "", guard TTL (ms) or ""
+--   "lane",   entry id, idempotency key or "", lane stream key, job, "", "", "", ""
 --   "reject", entry id, original job text, error, "", "", "", "", ""
 -- Returns one integer per record: 1 enqueued, 0 duplicate (acknowledged only), 2 rejected,
 -- 3 skipped because the guard key is held (a scheduled run whose previous run is not done).
@@ -39,6 +40,14 @@ while i <= #ARGV do
       else
         result = 0
       end
+    end
+  elseif kind == "lane" then
+    local idem, stream, job = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    if idem == "" or redis.call("set", idem, entry, "NX", "PX", idem_ttl) then
+      redis.call("xadd", stream, "*", "job", job)
+      result = 1
+    else
+      result = 0
     end
   else
     redis.call("xadd", rejected, "MAXLEN", "~", rejected_maxlen, "*",

@@ -18,7 +18,7 @@ import redis
 from worker import metrics
 from worker.logging import get_logger
 from worker.runtime import Runtime
-from worker.submit import DUPLICATE, REJECTED, Committer, Pending, job_record, reject_record
+from worker.submit import DUPLICATE, REJECTED, Committer, Pending, job_record, lane_record, reject_record
 from worker.validation import Rejection, validate_entry
 
 log = get_logger(__name__)
@@ -132,16 +132,32 @@ class Intake:
                 continue
             job_type = accepted.job_type
             idem = f"{job_type.name}:{accepted.job_id}" if accepted.job_id is not None else None
+            queue = job_type.queue_for(accepted.data)
+            submitted_ms = int(entry.split("-", 1)[0])
+            if job_type.batch is not None and queue == job_type.queue:
+                records.append(
+                    lane_record(
+                        self.keys,
+                        job_type,
+                        accepted.payload,
+                        idempotency_key=idem,
+                        job_id=accepted.job_id,
+                        entry=entry,
+                        submitted_ms=submitted_ms,
+                    )
+                )
+                types.append(job_type.name)
+                continue
             records.append(
                 job_record(
                     self.keys,
                     job_type,
                     accepted.payload,
-                    queue=job_type.queue_for(accepted.data),
+                    queue=queue,
                     idempotency_key=idem,
                     job_id=accepted.job_id,
                     entry=entry,
-                    submitted_ms=int(entry.split("-", 1)[0]),
+                    submitted_ms=submitted_ms,
                 )
             )
             types.append(job_type.name)

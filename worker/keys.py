@@ -50,6 +50,17 @@ class Keys:
     def heartbeats(self) -> str:
         return f"{self.dramatiq_namespace}:__heartbeats__"
 
+    @property
+    def templates_token(self) -> str:
+        """Replaced by every stored email template version: processes read templates afresh."""
+        return f"{self.prefix}:templates:token"
+
+    # Batch lanes (worker/lanes.py): a stream of jobs per job type with a batch handler.
+    lane_group = "taskmaster-worker"
+
+    def lane(self, job_type: str) -> str:
+        return f"{self.prefix}:lane:{job_type}"
+
     # Jobs held until a due time (worker/due.py).
     @property
     def due(self) -> str:

@@ -23,6 +23,8 @@ from worker.errors import ConfigError
 
 if TYPE_CHECKING:
     from worker.context import JobContext
+    from worker.lanes import LaneJob
+    from worker.runtime import Runtime
     from worker.settings import Settings
 
 QUEUES = ("urgent", "default", "bulk")
@@ -32,6 +34,8 @@ QUEUE_PRIORITY = {"urgent": 0, "default": 50, "bulk": 100}
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[["JobContext", Any], None]
+# Jobs taken from a batch lane, many at once (worker/lanes.py); returns those to try alone later.
+BatchHandler = Callable[["Runtime", list["LaneJob"]], list["LaneJob"]]
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class JobType(Generic[M]):
     max_retries: int | None = None
     time_limit_s: float | None = None
     queues: tuple[str, ...] = field(default=())
+    # Optional: the jobs of the default queue go through a batch lane to this handler.
+    batch: BatchHandler | None = None
 
     def queue_for(self, data: M) -> str:
         return self.route(data) if self.route is not None else self.queue
@@ -105,6 +111,7 @@ class Registry:
         queues: Iterable[str] = (),
         max_retries: int | None = None,
         time_limit_s: float | None = None,
+        batch: BatchHandler | None = None,
     ) -> Callable[[Callable[[JobContext, M], None]], Callable[[JobContext, M], None]]:
         def decorate(fn: Callable[[JobContext, M], None]) -> Callable[[JobContext, M], None]:
             self.add(
@@ -118,6 +125,7 @@ class Registry:
                     queues=tuple(queues),
                     max_retries=max_retries,
                     time_limit_s=time_limit_s,
+                    batch=batch,
                 )
             )
             return fn

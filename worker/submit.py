@@ -31,7 +31,7 @@ _OUTCOMES: dict[int, Outcome] = {ENQUEUED: "enqueued", DUPLICATE: "duplicate", G
 class Pending:
     """One record for the commit script: a job to enqueue, or an entry to reject."""
 
-    kind: str  # "job" or "reject"
+    kind: str  # "job", "lane" or "reject"
     entry: str
     fields: tuple[str | bytes, ...]
 
@@ -97,6 +97,33 @@ def job_record(
             message,
             guard[0] if guard else "",
             str(int(guard[1] * 1000)) if guard else "",
+        ),
+    )
+
+
+def lane_record(
+    keys: Keys,
+    job_type: JobType[Any],
+    data: dict[str, Any],
+    *,
+    idempotency_key: str | None,
+    job_id: str | None,
+    entry: str,
+    submitted_ms: int,
+) -> Pending:
+    """A job for its type's batch lane (worker/lanes.py) instead of a Dramatiq queue."""
+    job = {"type": job_type.name, "id": job_id, "entry": entry, "submitted_ms": submitted_ms, "data": data}
+    return Pending(
+        "lane",
+        entry,
+        (
+            keys.idempotency(idempotency_key) if idempotency_key else "",
+            keys.lane(job_type.name),
+            json.dumps(job, separators=(",", ":")),
+            "",
+            "",
+            "",
+            "",
         ),
     )
 

@@ -11,12 +11,13 @@ from jobs.email.message import build_message, stable_message_id
 from jobs.email.models import EmailSend
 from jobs.email.providers.factory import check_provider_settings
 from jobs.email.sender import Sender, sender_for
-from jobs.email.template_store import TemplateStore, find_template
+from jobs.email.template_store import latest_templates
 from jobs.email.templating import RenderError, TemplateSource, render
 from worker.context import JobContext
 from worker.errors import NotReady, PermanentError
 from worker.logging import get_logger
 from worker.registry import job, settings_check
+from worker.runtime import Runtime
 from worker.settings import Settings
 
 log = get_logger(__name__)
@@ -29,13 +30,14 @@ def check_email_settings(settings: Settings) -> None:
 
 def _with_template(ctx: JobContext, email: EmailSend, name: str) -> tuple[EmailSend, TemplateSource]:
     """The email with the latest version of its template rendered into subject and bodies."""
-    source = load_template(TemplateStore(ctx.runtime.reader), name)  # reads only: no write lock
+    source = load_template(ctx.runtime, name)
     return rendered(email, source), source
 
 
-def load_template(store: TemplateStore, name: str) -> TemplateSource:
+def load_template(runtime: Runtime, name: str) -> TemplateSource:
     """The latest version of template ``name``; NotReady while it does not exist."""
-    source = find_template(store, name)
+    # Through the reader: no write lock for a read.
+    source = latest_templates(runtime).get(runtime.reader, name)
     if source is None:
         # Not refused at intake: its `template.upsert` may still be on its way.
         raise NotReady(f"email template {name!r} does not exist (yet); add it with template.upsert")

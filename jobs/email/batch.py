@@ -22,7 +22,6 @@ from jobs.email.models import EmailSend
 from jobs.email.providers.base import BatchItem, SendResult
 from jobs.email.records import Attempt, Outcome
 from jobs.email.sender import sender_for
-from jobs.email.template_store import TemplateStore
 from jobs.email.templating import TemplateSource
 from worker.context import JobContext
 from worker.errors import PermanentError
@@ -127,7 +126,6 @@ def _render_all(ctx: JobContext, emails: list[BatchEmail]) -> list[_Email]:
     A template not there yet holds the whole batch (NotReady), as it would hold one email; a
     template that fails to render fails only the emails using it.
     """
-    store = TemplateStore(ctx.runtime.reader)  # reads only: no write lock
     sources: dict[str, TemplateSource] = {}
     out: list[_Email] = []
     for email in emails:
@@ -137,7 +135,7 @@ def _render_all(ctx: JobContext, emails: list[BatchEmail]) -> list[_Email]:
             continue
         source = sources.get(email.template)
         if source is None:
-            source = sources[email.template] = load_template(store, email.template)
+            source = sources[email.template] = load_template(ctx.runtime, email.template)
         try:
             done = rendered(email, source)
         except PermanentError as exc:

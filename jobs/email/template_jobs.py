@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from jobs.email.models import Subject, TemplateName
-from jobs.email.template_store import TemplateStore
+from jobs.email.template_store import TemplateStore, latest_templates
 from jobs.email.templating import TemplateInvalid, check_syntax
 from worker.context import JobContext
 from worker.logging import get_logger
@@ -53,5 +53,7 @@ def upsert_template(ctx: JobContext, template: TemplateUpsert) -> None:
     """Store a new version; report `template.upserted` with the version emails will use."""
     store = TemplateStore(ctx.runtime.db)
     version, created = store.add_version(template.name, template.subject, template.html, template.text)
+    # Even when not created: an earlier attempt may have stored it and died before this.
+    latest_templates(ctx.runtime).changed()
     log.info("template.stored", template=template.name, version=version, created=created)
     ctx.emit("template.upserted", {"name": template.name, "version": version, "created": created})

@@ -8,9 +8,13 @@ built-in one of that name is used (jobs/email/builtin/).
 from __future__ import annotations
 
 import hashlib
+import threading
+import uuid
+import weakref
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
+import redis
 from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -19,6 +23,9 @@ from jobs.email import builtin
 from jobs.email.templating import TemplateSource, TemplatingError
 from worker.db.models import EmailTemplate
 from worker.db.session import make_sessionmaker
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
 
 T = TypeVar("T")
 
@@ -113,3 +120,55 @@ def find_template(store: TemplateStore | None, name: str) -> TemplateSource | No
     """The latest stored version of ``name``, else the built-in template, else None."""
     stored = store.latest(name) if store is not None else None
     return stored if stored is not None else builtin.load(name)
+
+
+class LatestTemplates:
+    """The latest version of each template, kept per process and checked against a token in
+    Redis that every stored version replaces: one GET per email instead of a query.
+
+    The token is a fresh random value each time (not a counter), so a Redis that lost it
+    (restarted without persistence) never matches a token cached before.
+    """
+
+    def __init__(self, client: redis.Redis, key: str) -> None:
+        self._client = client
+        self._key = key
+        self._lock = threading.Lock()
+        self._token: bytes | None = None
+        self._sources: dict[str, TemplateSource] = {}
+
+    def get(self, engine: Engine, name: str) -> TemplateSource | None:
+        """What `find_template` answers: the latest stored version, else the built-in one."""
+        token: bytes | None = self._client.get(self._key)  # type: ignore[assignment]
+        with self._lock:
+            if token != self._token or token is None:
+                self._sources.clear()
+                self._token = token
+            elif name in self._sources:
+                return self._sources[name]
+        source = find_template(TemplateStore(engine), name)
+        if source is not None and token is not None:  # a miss is asked again: rare (NotReady)
+            with self._lock:
+                if self._token == token:
+                    self._sources[name] = source
+        return source
+
+    def changed(self) -> None:
+        """A version was stored: every process reads its templates afresh."""
+        self._client.set(self._key, uuid.uuid4().hex)
+
+
+_latest: dict[int, LatestTemplates] = {}
+_latest_lock = threading.Lock()
+
+
+def latest_templates(runtime: Runtime) -> LatestTemplates:
+    """The template cache of this runtime (one per process; tests may run several runtimes)."""
+    with _latest_lock:
+        cache = _latest.get(id(runtime))
+        if cache is None:
+            cache = _latest[id(runtime)] = LatestTemplates(
+                runtime.redis, f"{runtime.keys.prefix}:templates:token"
+            )
+            weakref.finalize(runtime, _latest.pop, id(runtime), None)
+        return cache

@@ -9,9 +9,11 @@ from typing import cast
 from jobs.notifications import cli as cli
 from jobs.notifications.flush import FLUSH_JOB, Emit, FlushJob, Services, flush, record
 from jobs.notifications.models import CHANNELS, Channel, NotificationCancel, NotificationSend
-from jobs.notifications.send import send
+from jobs.notifications.send import Incoming, send, send_many
 from jobs.notifications.state import decode_item
 from worker.context import JobContext
+from worker.events import Emitter
+from worker.lanes import LaneJob
 from worker.registry import job
 from worker.runtime import Runtime
 
@@ -32,7 +34,32 @@ def route(data: NotificationSend) -> str:
     return "urgent" if data.priority == "urgent" else "default"
 
 
-@job("notification.send", NotificationSend, queue="default", queues=("urgent",), route=route)
+def send_batch(runtime: Runtime, jobs: list[LaneJob]) -> list[LaneJob]:
+    """The lane of `notification.send` (worker/lanes.py): a batch decided with shared round
+    trips; returns the jobs whose user is not known yet (Dramatiq retries those alone)."""
+    by_key = {job.idempotency_key: job for job in jobs}
+    batch = [
+        Incoming(
+            job.data,
+            job.job.id or job.idempotency_key,
+            job.idempotency_key,
+            job.submitted_ms,
+            Emitter(runtime.events, job.job),
+        )
+        for job in jobs
+    ]
+    return [by_key[waiting.idempotency_key] for waiting in send_many(services(runtime), batch)]
+
+
+# Urgent notifications stay on Dramatiq's urgent queue, one message each: never behind a batch.
+@job(
+    "notification.send",
+    NotificationSend,
+    queue="default",
+    queues=("urgent",),
+    route=route,
+    batch=send_batch,
+)
 def notification_send(ctx: JobContext, data: NotificationSend) -> None:
     send(
         services(ctx.runtime),
