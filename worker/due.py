@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -59,6 +60,34 @@ class DueStore:
         queue: str | None = None,
     ) -> None:
         """Hold ``job_type(data)`` until ``due_at`` (aware); replaces an item of the same key."""
+        self.put_many(
+            [
+                self.item(
+                    key,
+                    job_type,
+                    data,
+                    due_at,
+                    job_id=job_id,
+                    entry=entry,
+                    submitted_ms=submitted_ms,
+                    queue=queue,
+                )
+            ]
+        )
+
+    def item(
+        self,
+        key: str,
+        job_type: JobType[Any],
+        data: dict[str, Any],
+        due_at: datetime,
+        *,
+        job_id: str | None = None,
+        entry: str | None = None,
+        submitted_ms: int | None = None,
+        queue: str | None = None,
+    ) -> tuple[str, int, str]:
+        """(key, due ms, encoded item) for `put_many`."""
         if due_at.tzinfo is None:
             raise ValueError("due_at must be timezone-aware")
         due_ms = int(due_at.timestamp() * 1000)
@@ -79,9 +108,16 @@ class DueStore:
             "id": message_id,
             "message": json.dumps(stamped, separators=(",", ":")),
         }
+        return key, due_ms, json.dumps(item, separators=(",", ":"))
+
+    def put_many(self, items: Sequence[tuple[str, int, str]]) -> None:
+        """Hold each item of `item` in one transaction."""
+        if not items:
+            return
         pipe = self._client.pipeline(transaction=True)
-        pipe.hset(self._items, key, json.dumps(item, separators=(",", ":")))
-        pipe.zadd(self._set, {key: due_ms})
+        for key, due_ms, item in items:
+            pipe.hset(self._items, key, item)
+            pipe.zadd(self._set, {key: due_ms})
         pipe.execute()
 
     def cancel(self, key: str) -> bool:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
@@ -157,6 +160,27 @@ class Committer:
         return [int(r) for r in self._script(keys=[], args=args)]
 
 
+# Records of `enqueue` held back by `enqueued_together`, to be committed in one script call.
+_held: ContextVar[list[Pending] | None] = ContextVar("_held", default=None)
+
+
+@contextmanager
+def enqueued_together(client: redis.Redis, keys: Keys, *, idempotency_ttl_s: float) -> Iterator[None]:
+    """Commit the jobs every `enqueue` inside hands over in one script call, at the end.
+
+    Inside, `enqueue` answers "enqueued" at once; a job whose idempotency key was taken is then
+    not enqueued all the same. On an exception inside, nothing held is enqueued.
+    """
+    records: list[Pending] = []
+    token = _held.set(records)
+    try:
+        yield
+    finally:
+        _held.reset(token)
+    if records:
+        Committer(client, keys, idempotency_ttl_s=idempotency_ttl_s, rejected_maxlen=1000).commit(records)
+
+
 def enqueue(
     client: redis.Redis,
     keys: Keys,
@@ -200,5 +224,9 @@ def enqueue(
         schedule=schedule,
         guard=guard,
     )
+    held = _held.get()
+    if held is not None and guard is None:
+        held.append(record)
+        return "enqueued"
     committer = Committer(client, keys, idempotency_ttl_s=idempotency_ttl_s, rejected_maxlen=1000)
     return _OUTCOMES[committer.commit([record])[0]]

@@ -128,7 +128,7 @@ def _message_bytes(to: str, sender: str, source: TemplateSource, rendered: Rende
     except ValidationError as exc:
         die(f"cannot build the message: {exc.errors(include_url=False)[0]['msg']}")
     message_id = stable_message_id(f"preview:{source.name}:{source.version}")
-    return build_message(email, sender=sender, message_id=message_id, date=datetime.now(UTC)).mime.as_bytes()
+    return build_message(email, sender=sender, message_id=message_id, date=datetime.now(UTC)).as_bytes()
 
 
 def _write(path: Path, content: bytes) -> None:

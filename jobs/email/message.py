@@ -3,23 +3,37 @@
 Building a standard-library ``EmailMessage`` parses every header it is given (the modern policy's
 header registry): measured at two thirds of the CPU of a batch job and a fifth of a single
 email's, for HTTP APIs that take the same fields as JSON anyway. So an ``Outgoing`` keeps the
-fields, and builds the MIME message only when a provider needs one (SMTP, the outbox).
+fields, and builds the MIME message only when a provider needs one: ``mime`` for SMTP (smtplib's
+``send_message`` takes it, SMTPUTF8 included), ``as_bytes`` for the outbox, through the
+standard library's older API (compat32), which parses nothing: 0.4 ms an email instead of 1.4.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.charset import QP, Charset
+from email.generator import BytesGenerator
+from email.header import Header
 from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import format_datetime
+from email.mime.multipart import MIMEMultipart
+from email.mime.nonmultipart import MIMENonMultipart
+from email.mime.text import MIMEText
+from email.policy import SMTP, compat32
+from email.utils import format_datetime, formataddr, getaddresses
 from functools import cached_property
 
 from jobs.email.models import EmailSend
 
 MESSAGE_ID_DOMAIN = "taskmaster-worker"
+# RFC 5322 2.1.1: no line longer than 998 characters, CRLF excluded.
+MAX_LINE = 998
+_CRLF = compat32.clone(linesep="\r\n")
+_UTF8_QP = Charset("utf-8")
+_UTF8_QP.body_encoding = QP
 
 
 def stable_message_id(idempotency_key: str) -> str:
@@ -49,6 +63,34 @@ class Outgoing:
         """The headers an HTTP API takes as such: Message-ID, then the host's own."""
         return {"Message-ID": self.message_id, **self.extra_headers}
 
+    def as_bytes(self) -> bytes:
+        """The RFC 5322 message with CRLF line ends, as `mime` would give it (the outbox)."""
+        addresses = [self.sender, *self.to, *self.cc, *([self.reply_to] if self.reply_to else [])]
+        if any(not address.isascii() for _, address in getaddresses(addresses)):
+            # An internationalised address (SMTPUTF8): the modern policy writes it as it is.
+            return self.mime.as_bytes()
+        # text/plain first, then text/html: clients show the last part they understand.
+        parts = [_text_part(body, subtype) for body, subtype in ((self.text, "plain"), (self.html, "html"))]
+        present = [part for part in parts if part is not None]
+        message: MIMEMultipart | MIMENonMultipart = (
+            present[0] if len(present) == 1 else MIMEMultipart("alternative", _subparts=present)
+        )
+        message["From"] = _addresses(self.sender)
+        message["To"] = _addresses(*self.to)
+        if self.cc:
+            message["Cc"] = _addresses(*self.cc)
+        if self.reply_to:
+            message["Reply-To"] = _addresses(self.reply_to)
+        # compat32 takes a Header for an encoded value (typeshed knows only str).
+        message["Subject"] = _header(self.subject)  # type: ignore[assignment]
+        message["Date"] = format_datetime(self.date.astimezone(UTC))
+        message["Message-ID"] = self.message_id
+        for name, value in self.extra_headers.items():
+            message[name] = _header(value)  # type: ignore[assignment]
+        out = io.BytesIO()
+        BytesGenerator(out, policy=_CRLF).flatten(message)
+        return out.getvalue()
+
     @cached_property
     def mime(self) -> EmailMessage:
         """The RFC 5322 message, built once on first use (SMTP, the outbox, previews)."""
@@ -72,6 +114,26 @@ class Outgoing:
         elif self.html is not None:
             message.set_content(self.html, subtype="html")
         return message
+
+
+def _addresses(*values: str) -> str:
+    """Addresses with their display names encoded where not ASCII (RFC 2047)."""
+    return ", ".join(formataddr(pair, "utf-8") for pair in getaddresses(list(values)))
+
+
+def _header(value: str) -> str | Header:
+    return value if value.isascii() else Header(value, "utf-8")
+
+
+def _text_part(body: str | None, subtype: str) -> MIMEText | None:
+    """7bit where ASCII in short lines, else UTF-8 quoted-printable (as the modern policy picks)."""
+    if body is None:
+        return None
+    if not body.endswith("\n"):
+        body += "\n"  # as set_content ends it
+    if body.isascii() and all(len(line) <= MAX_LINE for line in body.splitlines()):
+        return MIMEText(body, subtype, "us-ascii")
+    return MIMEText(body, subtype, _UTF8_QP)  # type: ignore[arg-type]
 
 
 def build_message(email: EmailSend, *, sender: str, message_id: str, date: datetime) -> Outgoing:

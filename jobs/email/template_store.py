@@ -127,7 +127,7 @@ class LatestTemplates:
     Redis that every stored version replaces: one GET per email instead of a query.
 
     The token is a fresh random value each time (not a counter), so a Redis that lost it
-    (restarted without persistence) never matches a token cached before.
+    (restarted without persistence) gets a new one that matches no token cached before.
     """
 
     def __init__(self, client: redis.Redis, key: str) -> None:
@@ -140,6 +140,9 @@ class LatestTemplates:
     def get(self, engine: Engine, name: str) -> TemplateSource | None:
         """What `find_template` answers: the latest stored version, else the built-in one."""
         token: bytes | None = self._client.get(self._key)  # type: ignore[assignment]
+        if token is None:  # none stored yet, or Redis lost it: start one (a racing one wins)
+            self._client.set(self._key, uuid.uuid4().hex, nx=True)
+            token = self._client.get(self._key)  # type: ignore[assignment]
         with self._lock:
             if token != self._token or token is None:
                 self._sources.clear()

@@ -109,11 +109,23 @@ class Services:
         return self.state.keys
 
     def put_flush(self, due_key: str, job: FlushJob, due_at: datetime) -> None:
+        self.due.put_many([self.flush_item(due_key, job, due_at)])
+
+    def flush_item(self, due_key: str, job: FlushJob, due_at: datetime) -> tuple[str, int, str]:
+        """`put_flush` as an item for `DueStore.put_many` (many closes in one round trip)."""
         job_type = self.runtime.registry.get(FLUSH_JOB)
         if job_type is None:
             raise RuntimeError("notifications.flush is not registered: import jobs.notifications.actors")
         queue = "urgent" if job.urgent else "default"
-        self.due.put(due_key, job_type, job.model_dump(exclude_defaults=True), due_at, queue=queue)
+        return self.due.item(due_key, job_type, job.model_dump(exclude_defaults=True), due_at, queue=queue)
+
+    def _rate_checks(self, user_id: str) -> list[tuple[str, Rule]]:
+        return [(self.keys.rate_user(user_id), self.user_rule), (self.keys.rate_global, self.global_rule)]
+
+    def rate_waits(self, user_ids: Sequence[str]) -> list[float]:
+        """`rate_wait_s` for each delivery to ``user_ids``, in order, in one round trip."""
+        decisions = self.limiter.acquire_many([self._rate_checks(u) for u in user_ids])
+        return [0.0 if d.allowed else max(d.retry_after_s, 0.001) for d in decisions]
 
     def rate_wait_s(self, user_id: str, *, patience_s: float = 0.0) -> float:
         """0 when a delivery to the user may go now (and is counted), else seconds to wait.
@@ -121,7 +133,7 @@ class Services:
         With ``patience_s``, a wait that ends within it is slept here instead (an urgent delivery
         a moment over the global rate goes in milliseconds, not through the due-time store).
         """
-        checks = [(self.keys.rate_user(user_id), self.user_rule), (self.keys.rate_global, self.global_rule)]
+        checks = self._rate_checks(user_id)
         if patience_s > 0:
             decision = self.limiter.wait(checks, timeout_s=patience_s)
         else:

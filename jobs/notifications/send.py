@@ -34,6 +34,7 @@ from jobs.notifications.state import Added, AddRequest, Ask, Snapshot
 from worker.errors import NotReady
 from worker.events import Emitter
 from worker.logging import get_logger
+from worker.submit import enqueued_together
 
 log = get_logger(__name__)
 
@@ -120,15 +121,29 @@ def send_many(svc: Services, batch: Sequence[Incoming], *, now: datetime | None 
     # atomic round trip, after the log rows are committed. A job that dies before that is decided
     # again on every channel, which acting makes no worse (a batch holds a notification once,
     # a cap counts it once, a hand-over is enqueued once by its key); none is reported twice.
-    with logged_together(svc):
+    settings = svc.runtime.settings
+    runtime = svc.runtime
+    with (
+        logged_together(svc),
+        enqueued_together(runtime.redis, runtime.keys, idempotency_ttl_s=settings.idempotency_ttl),
+    ):
+        closes: list[_Close] = []
+        deliveries: list[tuple[_Plan, ChannelDecision]] = []
         for plan in plans:
             emit = _held(plan.events)
             for d in plan.decision.channels:
                 index = plan.joins.get(d.channel)
                 if index is not None:
-                    _joined(svc, emit, plan.profile.user_id, plan.item, d, added[index])
+                    closes += _joined(svc, emit, plan.profile.user_id, plan.item, d, added[index])
+                elif _deliver_later(svc, plan, d):
+                    deliveries.append((plan, d))
                 else:
                     _act(svc, emit, plan, d, now)
+        _put_closes(svc, closes)
+        waits = svc.rate_waits([plan.profile.user_id for plan, _ in deliveries])
+        for (plan, d), wait_s in zip(deliveries, waits, strict=True):
+            key = plan.incoming.idempotency_key
+            _deliver_now(svc, _held(plan.events), plan.profile, plan.item, d, key, now, wait_s=wait_s)
     payloads: list[str] = []
     done: list[tuple[str, Channel]] = []
     for plan in plans:
@@ -195,6 +210,42 @@ def _decide(
     return _Plan(incoming, profile, item, decision)
 
 
+@dataclass(frozen=True, slots=True)
+class _Close:
+    """A batch's close to put in the due-time store."""
+
+    due_key: str
+    job: FlushJob
+    at: datetime
+
+
+def _put_closes(svc: Services, closes: Sequence[_Close]) -> None:
+    """Put the closes in one round trip; then, in one more, the closes a racing send moved
+    earlier between our add script and our put."""
+    if not closes:
+        return
+    svc.due.put_many([svc.flush_item(c.due_key, c.job, c.at) for c in closes])
+    now_open = svc.state.read_closes([c.job.batch_key for c in closes])
+    earlier = [
+        svc.flush_item(c.due_key, c.job, current[1])
+        for c, current in zip(closes, now_open, strict=True)
+        if current is not None and current[0] == c.job.batch_id and current[1] < c.at
+    ]
+    svc.due.put_many(earlier)
+
+
+def _deliver_later(svc: Services, plan: _Plan, d: ChannelDecision) -> bool:
+    """Whether a delivery waits for the batch's one rate-limit round trip: not an urgent one
+    (it may wait in its thread), nor one counted against caps (a script of its own first)."""
+    caps = plan.profile.preferences.caps
+    return (
+        d.action == "deliver"
+        and d.reason != "urgent"
+        and not (caps.per_hour or caps.per_day)
+        and svc.reaches(plan.profile, d.channel)
+    )
+
+
 def _held(events: list[tuple[str, dict[str, Any]]]) -> Emit:
     return lambda kind, data: events.append((kind, data))
 
@@ -233,7 +284,7 @@ def _act(svc: Services, emit: Emit, plan: _Plan, d: ChannelDecision, now: dateti
         _deliver_now(svc, emit, profile, item, d, plan.incoming.idempotency_key, now)
         return
     request = _join_request(svc, user_id, item, d, now)
-    _joined(svc, emit, user_id, item, d, svc.state.add(request))
+    _put_closes(svc, _joined(svc, emit, user_id, item, d, svc.state.add(request)))
 
 
 def _count_against_caps(
@@ -273,9 +324,15 @@ def _deliver_now(
     d: ChannelDecision,
     idempotency_key: str,
     now: datetime,
+    *,
+    wait_s: float | None = None,
 ) -> None:
+    """Hand over now, or hold until the rate limits have room (``wait_s``: the limiter's answer,
+    when the caller asked it already)."""
     key = "notif:" + hashlib.sha256(f"send:{idempotency_key}:{d.channel}".encode()).hexdigest()[:32]
-    wait_s = svc.rate_wait_s(profile.user_id, patience_s=URGENT_PATIENCE_S if d.reason == "urgent" else 0.0)
+    if wait_s is None:
+        patience_s = URGENT_PATIENCE_S if d.reason == "urgent" else 0.0
+        wait_s = svc.rate_wait_s(profile.user_id, patience_s=patience_s)
     if wait_s <= 0:
         hand_over(svc, profile, Delivery(d.channel, Single(item), (item,), key), emit, d.reason)
         return
@@ -329,17 +386,15 @@ def _joined(
     item: DigestItem,
     d: ChannelDecision,
     added: Added,
-) -> None:
-    """After ``item`` joined the user's batch: its close in the due-time store, and the record."""
+) -> list[_Close]:
+    """Record ``item`` joining the user's batch; return the batch's close to put in the due-time
+    store when it is new or earlier (`_put_closes`)."""
     assert d.until is not None
-    batch_key = svc.keys.batch(user_id, d.channel)
+    closes: list[_Close] = []
     if added.moved:
+        batch_key = svc.keys.batch(user_id, d.channel)
         job = FlushJob(user_id=user_id, channel=d.channel, batch_key=batch_key, batch_id=added.batch_id)
-        svc.put_flush(svc.keys.flush_due(user_id, d.channel), job, added.close_at)
-        # A racing send may have moved the close earlier between our script and our put.
-        now_open = svc.state.read_close(batch_key)
-        if now_open is not None and now_open[0] == added.batch_id and now_open[1] < added.close_at:
-            svc.put_flush(svc.keys.flush_due(user_id, d.channel), job, now_open[1])
+        closes.append(_Close(svc.keys.flush_due(user_id, d.channel), job, added.close_at))
     extra: dict[str, Any] = {"digest": d.action == "digest"}
     if d.cap is not None:
         extra["cap"] = d.cap
@@ -354,3 +409,4 @@ def _joined(
         until=added.close_at if d.action == "digest" else d.until,
         extra=extra,
     )
+    return closes

@@ -260,6 +260,18 @@ class NotifState:
             return None
         return _text(batch_id), from_ms(int(close_ms))
 
+    def read_closes(self, keys: Sequence[str]) -> list[tuple[str, datetime] | None]:
+        """`read_close` of each key, in one round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, ["m:id", "m:close"])
+        out: list[tuple[str, datetime] | None] = []
+        for batch_id, close_ms in pipe.execute():
+            out.append(
+                None if batch_id is None or close_ms is None else (_text(batch_id), from_ms(int(close_ms)))
+            )
+        return out
+
     def batch_id(self, key: str) -> str | None:
         value = self._client.hget(key, "m:id")
         return None if value is None else _text(value)

@@ -81,6 +81,14 @@ class RateLimiter:
             return self.backend.decide([request])[0]
         return self._combined(request)
 
+    def acquire_many(self, requests: Sequence[Sequence[Check]], cost: int = 1) -> list[Decision]:
+        """``acquire`` for each of ``requests``, in order, in one round trip (a caller with many
+        decisions at hand: a batch of notifications)."""
+        wanted = [Request(tuple(checks), cost) for checks in requests]
+        asked = [r for r in wanted if r.checks]
+        answers = iter(self.backend.decide(asked) if asked else [])
+        return [next(answers) if r.checks else ALLOWED for r in wanted]
+
     def peek(self, checks: Sequence[Check], cost: int = 1) -> Decision:
         """What ``acquire`` would answer now, counting nothing."""
         request = Request(tuple(checks), cost)

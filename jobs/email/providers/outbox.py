@@ -33,7 +33,7 @@ class OutboxProvider:
         if path.exists():
             return SendResult(self.name, path.name, fresh=False)
         tmp = self._tmp / f"{path.name}.{os.getpid()}.{threading.get_ident()}"
-        tmp.write_bytes(message.mime.as_bytes())
+        tmp.write_bytes(message.as_bytes())
         os.replace(tmp, path)
         return SendResult(self.name, path.name)
 
