@@ -32,6 +32,19 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def worker_children_of(pid: int) -> list[int]:
+    """The Dramatiq worker processes among the children of daemon ``pid`` (not its lanes')."""
+    out = []
+    for child in children_of(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"worker.process" in argv and b"--lanes" not in argv:
+            out.append(child)
+    return out
+
+
 def daemon_env(data_dir: Path, redis_url: str | None, **extra: str) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

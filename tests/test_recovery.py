@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.daemon import Daemon, children_of, daemon_env
-from tests.helpers import wait_for
+from tests.daemon import Daemon, children_of, daemon_env, worker_children_of
+from tests.helpers import events, wait_for
 from tests.redis_server import RedisServer
 from worker.daemon import EXIT_RECYCLE, WorkerProcesses
 from worker.middleware.maintenance import Maintenance
@@ -32,7 +32,7 @@ def test_work_held_by_a_killed_worker_is_done_within_60s(own_redis: RedisServer,
         marks = data_dir / "marks"
         wait_for(lambda: len(list(marks.glob("started-*"))) == 2, timeout_s=20, what="both jobs to start")
         assert daemon.process is not None
-        (worker_pid,) = [p for p in children_of(daemon.process.pid)]
+        (worker_pid,) = worker_children_of(daemon.process.pid)
         os.kill(worker_pid, signal.SIGKILL)
         killed_at = time.monotonic()
         (marks / "release").touch()
@@ -72,7 +72,7 @@ def test_a_recycled_worker_process_is_replaced(tmp_path: Path) -> None:
     class Fake(WorkerProcesses):
         spawned = 0
 
-        def _spawn(self):  # type: ignore[no-untyped-def]
+        def _spawn(self, index):  # type: ignore[no-untyped-def]
             import subprocess
 
             Fake.spawned += 1
@@ -88,3 +88,44 @@ def test_a_recycled_worker_process_is_replaced(tmp_path: Path) -> None:
     assert Fake.spawned == 2 and workers.alive() == 1
     workers.stop(timeout_s=5)
     assert workers.alive() == 0
+
+
+def lane_children_of(pid: int) -> list[int]:
+    return [p for p in children_of(pid) if p not in worker_children_of(pid)]
+
+
+def test_a_killed_lanes_process_is_replaced_and_notifications_go_on(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    """The daemon runs notification.send decisions in a process of lanes alone; SIGKILLed, it is
+    replaced, and what the host submits next is decided."""
+    data_dir = tmp_path / "var"
+    env = daemon_env(data_dir, own_redis.url)
+    daemon = Daemon(env, tmp_path).start()
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        assert daemon.process is not None
+        user = {"user_id": "u1", "email": "ada@example.com", "name": "Ada"}
+        client.xadd("taskmaster:intake", {"job": json.dumps({"type": "user.upsert", "data": user})})
+
+        def submit(id: str) -> None:
+            data = {"user_id": "u1", "category": "task.due", "title": id}
+            job = {"type": "notification.send", "id": id, "data": data}
+            client.xadd("taskmaster:intake", {"job": json.dumps(job)})
+
+        def decided(id: str) -> bool:
+            return any(
+                e["type"] == "notification.deferred" and e["data"].get("id") == id for e in events(client)
+            )
+
+        submit("n1")
+        wait_for(lambda: decided("n1"), timeout_s=30, what="n1 decided")
+        (lanes,) = lane_children_of(daemon.process.pid)
+        os.kill(lanes, signal.SIGKILL)
+        wait_for(
+            lambda: lane_children_of(daemon.process.pid) not in ([], [lanes]), timeout_s=20, what="a new one"
+        )
+        submit("n2")
+        wait_for(lambda: decided("n2"), timeout_s=30, what="n2 decided by the new lanes process")
+    finally:
+        assert daemon.stop() == 0

@@ -21,7 +21,10 @@ from worker.registry import QUEUE_PRIORITY, QUEUES, JobType
 from worker.runtime import Runtime
 
 
-def build_broker(runtime: Runtime, *, on_memory_limit: Callable[[], None] = lambda: None) -> RedisBroker:
+def build_broker(
+    runtime: Runtime, *, on_memory_limit: Callable[[], None] = lambda: None, lanes: bool = True
+) -> RedisBroker:
+    """The Dramatiq broker of a worker; with ``lanes`` its workers also take the batch lanes."""
     settings = runtime.settings
     middleware = [
         AgeLimit(max_age=int(settings.job_max_age * 1000)),
@@ -32,7 +35,7 @@ def build_broker(runtime: Runtime, *, on_memory_limit: Callable[[], None] = lamb
             max_backoff=int(settings.job_max_backoff * 1000),
         ),
         JobLifecycle(runtime),
-        Lanes(runtime),
+        *([Lanes(runtime)] if lanes else []),
         Maintenance(
             queues=list(QUEUES),
             interval_s=settings.maintenance_interval,

@@ -33,23 +33,27 @@ RESTART_DELAY_S = 1.0
 
 @dataclass
 class WorkerProcesses:
-    """Starts N worker processes and starts a new one when one exits unasked."""
+    """Starts N worker processes (and ``lanes`` processes of batch lanes alone, worker/lanes.py)
+    and starts a new one when one exits unasked."""
 
     count: int
     threads: int
     env: dict[str, str]
+    lanes: int = 0
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     stopping: bool = False
 
-    def start(self) -> None:
-        self.children = [self._spawn() for _ in range(self.count)]
+    @property
+    def commands(self) -> list[list[str]]:
+        worker = [sys.executable, "-m", "worker.process", str(self.threads)]
+        lanes = [sys.executable, "-m", "worker.process", "--lanes"]
+        return [worker] * self.count + [lanes] * self.lanes
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "worker.process", str(self.threads)],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-        )
+    def start(self) -> None:
+        self.children = [self._spawn(index) for index in range(len(self.commands))]
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.commands[index], env=self.env, stdin=subprocess.DEVNULL)
 
     def check(self) -> None:
         for index, child in enumerate(self.children):
@@ -61,7 +65,7 @@ class WorkerProcesses:
             else:
                 log.error("worker.exited", pid=child.pid, status=code)
                 time.sleep(RESTART_DELAY_S)
-            self.children[index] = self._spawn()
+            self.children[index] = self._spawn(index)
 
     def alive(self) -> int:
         return sum(1 for child in self.children if child.poll() is None)
@@ -181,13 +185,16 @@ class Daemon:
             self.scheduler = Scheduler(runtime, self.settings.schedules_file)
             self.scheduler.start()
         if self.role in ("all", "worker"):
-            self.workers = WorkerProcesses(self.processes, self.threads, self.environ)
+            self.workers = WorkerProcesses(
+                self.processes, self.threads, self.environ, lanes=self.settings.lane_processes
+            )
             self.workers.start()
         log.info(
             "daemon.started",
             role=self.role,
             processes=self.processes if self.workers else 0,
             threads=self.threads,
+            lane_processes=self.settings.lane_processes if self.workers else 0,
             http=f"{self.http.address[0]}:{self.http.address[1]}",
             redis="embedded" if self.settings.embedded_redis else "configured",
         )

@@ -221,15 +221,15 @@ class Lane:
                 backoff_s = min(backoff_s * 2, 5.0)
 
 
-class Lanes(Middleware):
-    """Runs a consumer thread per lane in every Dramatiq worker of the broker."""
+class LaneThreads:
+    """A consumer thread per lane of the registry, in this process."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+    def start(self) -> None:
         self._stop.clear()
         consumer = f"{socket.gethostname()}-{os.getpid()}"
         for job_type in self.runtime.registry.all():
@@ -242,9 +242,26 @@ class Lanes(Middleware):
             thread.start()
             self._threads.append(thread)
 
-    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
-        """Finish the batch in hand; entries read and not done stay pending for another."""
+    def alive(self) -> bool:
+        return all(thread.is_alive() for thread in self._threads)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Finish the batches in hand; entries read and not done stay pending for another."""
         self._stop.set()
         for thread in self._threads:
-            thread.join(timeout=30)
+            thread.join(timeout=timeout_s)
         self._threads = []
+
+
+class Lanes(Middleware):
+    """Runs the lanes in every Dramatiq worker of the broker (where no process of lanes alone
+    does: TASKMASTER_LANE_PROCESSES=0, and tests' in-process workers)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._threads = LaneThreads(runtime)
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        self._threads.start()
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        self._threads.stop()

@@ -48,7 +48,23 @@ def is_secret_key(key: str) -> bool:
     return _SECRET_KEY.search(key) is not None
 
 
+# Short strings come back all day (user ids, channels, reasons): their answers are kept.
+_SHORT = 64
+_short_answers: dict[str, str] = {}
+
+
 def redact_text(text: str) -> str:
+    if len(text) > _SHORT:
+        return _redacted(text)
+    answer = _short_answers.get(text)
+    if answer is None:
+        if len(_short_answers) >= 20_000:  # bounded: start over rather than grow
+            _short_answers.clear()
+        answer = _short_answers[text] = _redacted(text)
+    return answer
+
+
+def _redacted(text: str) -> str:
     if _ANY_SECRET_VALUE.search(text) is None:
         return text
     for pattern in _SECRET_VALUE:

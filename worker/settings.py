@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     # (a provider answering in 50 ms: 16 threads in flight make 320 emails/s per process).
     processes: int = Field(default=2, ge=1, le=64)
     threads: int = Field(default=16, ge=1, le=256)
+    # Processes that take only the batch lanes (notification.send decisions, worker/lanes.py):
+    # away from the worker threads' GIL, a batch is decided in milliseconds. 0: the worker
+    # processes take the lanes too.
+    lane_processes: int = Field(default=1, ge=0, le=16)
     worker_memory_limit_mb: int = Field(default=512, ge=64)
     worker_heartbeat_timeout: Seconds = 20.0
     maintenance_interval: Seconds = 5.0

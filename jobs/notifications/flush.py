@@ -12,10 +12,11 @@ hands over with the same key: one message.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter as CounterOf
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -145,25 +146,35 @@ def iso(instant: datetime | None) -> str | None:
     return None if instant is None else instant.isoformat().replace("+00:00", "Z")
 
 
-# Log rows held back by `logged_together`, to be written in one transaction.
-_pending_rows: ContextVar[list[dict[str, Any]] | None] = ContextVar("_pending_rows", default=None)
+@dataclass
+class _Together:
+    """What `record` holds back inside `logged_together`: log rows, and decision counts."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    counts: CounterOf[tuple[str, str, str]] = field(default_factory=CounterOf)
+
+
+_together: ContextVar[_Together | None] = ContextVar("_together", default=None)
 
 
 @contextmanager
 def logged_together(svc: Services) -> Iterator[None]:
-    """Write the log rows of every `record` inside in one transaction, at the end.
+    """Write the log rows of every `record` inside in one transaction, at the end (and count
+    their decisions in the metrics once per kind).
 
     A notification decided on three channels would otherwise pay three writes; the rows of every
     thread then share the process's group commit.
     """
-    rows: list[dict[str, Any]] = []
-    token = _pending_rows.set(rows)
+    held = _Together()
+    token = _together.set(held)
     try:
         yield
     finally:
-        _pending_rows.reset(token)
-        if rows:
-            svc.runtime.writer.write(_LOG_ROWS, rows)
+        _together.reset(token)
+        for labels, count in held.counts.items():
+            metrics.DECISIONS.labels(*labels).inc(count)
+        if held.rows:
+            svc.runtime.writer.write(_LOG_ROWS, held.rows)
 
 
 def _insert_log_rows(connection: Connection, batches: Sequence[list[dict[str, Any]]]) -> list[None]:
@@ -200,9 +211,9 @@ def record(
         }
         for item in items
     ]
-    pending = _pending_rows.get()
-    if pending is not None:
-        pending.extend(rows)
+    held = _together.get()
+    if held is not None:
+        held.rows.extend(rows)
     elif rows:
         svc.runtime.writer.write(_LOG_ROWS, rows)
     data: dict[str, Any] = {
@@ -215,7 +226,10 @@ def record(
         data["until"] = iso(until)
     data.update(extra or {})
     emit(f"notification.{outcome}", data)
-    metrics.DECISIONS.labels(channel, outcome, reason).inc(max(1, len(items)))
+    if held is not None:
+        held.counts[(channel, outcome, reason)] += max(1, len(items))
+    else:
+        metrics.DECISIONS.labels(channel, outcome, reason).inc(max(1, len(items)))
 
 
 def hand_over(svc: Services, recipient: Profile, delivery: Delivery, emit: Emit, reason: str) -> None:
