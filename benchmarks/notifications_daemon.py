@@ -1,9 +1,10 @@
 """Notifications through the running daemon on its default settings: sustained rate, decision
 latency, and urgent notifications at the channel.
 
-The script starts a Redis server of its own and `taskmaster-worker run` (the default 2 processes
-of 16 threads, or TASKMASTER_PROCESSES / _THREADS from this run's environment; log level warning
-as in e2e_outbox.py), creates ``--users`` users by
+The script starts a Redis server of its own and `taskmaster-worker run` on its defaults (2
+worker processes of 16 threads and a process of lanes; any TASKMASTER_* setting of this run's
+environment, such as TASKMASTER_RATE_GLOBAL_PER_SECOND, is passed on; log level warning as in
+e2e_outbox.py), creates ``--users`` users by
 `user.upsert` through the intake stream and waits until they are in the daemon's SQLite
 database. A separate process then XADDs `notification.send` jobs at ``--rate`` per second for
 ``--seconds`` (priorities 30% low / 55% normal / 12% high / 3% urgent, the mix of the issue's
@@ -259,8 +260,10 @@ def main() -> None:
     env = daemon_env(data_dir, server.url)
     for name in ("TASKMASTER_PROCESSES", "TASKMASTER_THREADS"):
         del env[name]  # the defaults (2 processes of 16 threads) unless this run's environment sets them
-        if name in os.environ:
-            env[name] = os.environ[name]
+    own = {"TASKMASTER_DATA_DIR", "TASKMASTER_REDIS_URL", "TASKMASTER_HTTP_ADDR", "TASKMASTER_SCHEDULES_FILE"}
+    for name, value in os.environ.items():  # e.g. TASKMASTER_RATE_GLOBAL_PER_SECOND
+        if name.startswith("TASKMASTER_") and name not in own:
+            env[name] = value
     env["TASKMASTER_LOG_LEVEL"] = "warning"
     daemon = Daemon(env, work)
     try:
