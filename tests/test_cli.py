@@ -48,11 +48,17 @@ def test_status_reports_and_exits_zero(cli_env: dict[str, str], redis_client: re
                                        capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     """`status --json` shows queues, intake and database; exit 0 whatever it finds."""
     redis_client.xadd("taskmaster:intake", {"job": "{}"})
+    lane = "taskmaster:lane:notification.send"
+    for _ in range(3):
+        redis_client.xadd(lane, {"job": "{}"})
+    redis_client.xgroup_create(lane, "taskmaster-worker", id="0")
+    redis_client.xreadgroup("taskmaster-worker", "c", {lane: ">"}, count=1)
     assert main(["status", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["redis"] == "ok"
     assert set(report["queues"]) == {"urgent", "default", "bulk"}
     assert report["intake"]["length"] == 1
+    assert report["lanes"] == {"notification.send": {"waiting": 2, "pending": 1}}
     assert report["database"].startswith(("ok", "unavailable"))
 
 

@@ -59,6 +59,7 @@ def test_contract_from_outside(own_redis: RedisServer, tmp_path: Path) -> None:
         assert 'taskmaster_jobs_rejected_total{reason="not_json"} 1.0' in body
         assert 'taskmaster_jobs_processed_total{type="email.send"} 6.0' in body
         assert 'taskmaster_queue_depth{queue="default",state="ready"} 0.0' in body
+        assert 'taskmaster_lane_entries{lane="notification.send",state="waiting"} 0.0' in body
         assert "taskmaster_job_start_latency_seconds_bucket" in body
     finally:
         assert daemon.stop() == 0

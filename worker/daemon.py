@@ -157,7 +157,10 @@ class Daemon:
         host, port = self.settings.http_host_port
         state = StateCollector(
             lambda: gather(
-                runtime.redis, runtime.keys, heartbeat_timeout_s=self.settings.worker_heartbeat_timeout
+                runtime.redis,
+                runtime.keys,
+                heartbeat_timeout_s=self.settings.worker_heartbeat_timeout,
+                lanes=runtime.registry.lanes(),
             )
         )
         self.http = HttpServer(

@@ -75,6 +75,15 @@ class StateCollector:
         intake.add_metric(["unread"], state["intake"]["unread"])
         intake.add_metric(["pending"], state["intake"]["pending"])
         yield intake
+        lanes = GaugeMetricFamily(
+            "taskmaster_lane_entries",
+            "Jobs in a batch lane: waiting, or taken and not done yet",
+            labels=["lane", "state"],
+        )
+        for lane, counts in state.get("lanes", {}).items():
+            for kind, value in counts.items():
+                lanes.add_metric([lane, kind], value)
+        yield lanes
         yield GaugeMetricFamily(
             "taskmaster_held_jobs", "Jobs held in Redis until their due time", value=state["held"]
         )

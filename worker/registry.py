@@ -141,6 +141,10 @@ class Registry:
     def all(self) -> list[JobType[Any]]:
         return list(self._types.values())
 
+    def lanes(self) -> list[str]:
+        """The job types with a batch lane (worker/lanes.py)."""
+        return sorted(t.name for t in self._types.values() if t.batch is not None)
+
     def names(self, *, public_only: bool = False) -> list[str]:
         return sorted(t.name for t in self._types.values() if t.public or not public_only)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -11,7 +12,10 @@ from worker.keys import Keys
 from worker.registry import QUEUES
 
 
-def gather(client: redis.Redis, keys: Keys, *, heartbeat_timeout_s: float) -> dict[str, Any]:
+def gather(
+    client: redis.Redis, keys: Keys, *, heartbeat_timeout_s: float, lanes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``lanes``: the job types with a batch lane (worker/lanes.py), whose backlogs to report."""
     pipe = client.pipeline(transaction=False)
     for queue in QUEUES:
         pipe.llen(keys.queue(queue))
@@ -43,7 +47,21 @@ def gather(client: redis.Redis, keys: Keys, *, heartbeat_timeout_s: float) -> di
         "held": int(due),
         "scheduler": {k.decode(): v.decode() for k, v in scheduler.items()},
         "scheduler_leader": leader.decode() if leader else None,
+        "lanes": {name: _lane(client, keys, name) for name in lanes},
     }
+
+
+def _lane(client: redis.Redis, keys: Keys, name: str) -> dict[str, int]:
+    """Entries waiting in a lane, and those taken by a consumer and not done yet (a done entry
+    is deleted, so the stream holds exactly these)."""
+    stream = keys.lane(name)
+    length = int(client.xlen(stream))
+    try:
+        pending: Any = client.xpending(stream, keys.lane_group)
+    except redis.ResponseError:  # no group yet: nothing was taken
+        return {"waiting": length, "pending": 0}
+    taken = int(pending["pending"])
+    return {"waiting": max(0, length - taken), "pending": taken}
 
 
 def _intake_group(client: redis.Redis, keys: Keys) -> dict[str, Any]:

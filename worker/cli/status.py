@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from worker.cli.common import EXIT_OK, settings_or_exit
@@ -22,13 +23,23 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from worker.errors import ConfigError
     from worker.keys import Keys
+    from worker.registry import load_job_modules
     from worker.status import gather
 
     settings = settings_or_exit()
+    try:
+        lanes = load_job_modules(settings.job_modules).lanes()
+    except ConfigError as exc:  # status still tells what it can; `config --check` names this
+        print(f"taskmaster-worker: {exc}", file=sys.stderr)
+        lanes = []
     with redis_for_cli(settings, start_embedded=False) as client:
         report = gather(
-            client, Keys(settings.redis_prefix), heartbeat_timeout_s=settings.worker_heartbeat_timeout
+            client,
+            Keys(settings.redis_prefix),
+            heartbeat_timeout_s=settings.worker_heartbeat_timeout,
+            lanes=lanes,
         )
     report = {"redis": "ok", "database": _database(settings), **report}
     if args.json:
@@ -45,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"queue      {queue:<8} {depth['ready']} ready, {depth['delayed']} delayed, {depth['dead']} dead"
         )
+    for lane, depth in report["lanes"].items():
+        print(f"lane       {lane:<8} {depth['waiting']} waiting, {depth['pending']} being decided")
     for name, state in sorted(report["breakers"].items()):
         print(f"breaker    {name:<12} {state}")
     print(f"scheduler  leader {report['scheduler_leader'] or '(none)'}")
