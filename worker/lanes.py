@@ -225,12 +225,10 @@ class Lane:
 
 
 class LaneThreads:
-    """``per_lane`` consumer threads per lane of the registry, in this process: with two, one
-    decides a batch while the other waits for its round trips."""
+    """A consumer thread per lane of the registry, in this process."""
 
-    def __init__(self, runtime: Runtime, *, per_lane: int = 1) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.per_lane = per_lane
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -240,13 +238,12 @@ class LaneThreads:
         for job_type in self.runtime.registry.all():
             if job_type.batch is None:
                 continue
-            for n in range(self.per_lane):
-                lane = Lane(self.runtime, job_type, consumer)
-                thread = threading.Thread(
-                    target=lane.run, args=(self._stop,), name=f"lane-{job_type.name}-{n}", daemon=True
-                )
-                thread.start()
-                self._threads.append(thread)
+            lane = Lane(self.runtime, job_type, consumer)
+            thread = threading.Thread(
+                target=lane.run, args=(self._stop,), name=f"lane-{job_type.name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def alive(self) -> bool:
         return all(thread.is_alive() for thread in self._threads)

@@ -28,8 +28,6 @@ from worker.runtime import Runtime
 from worker.settings import load_settings
 
 _PR_SET_PDEATHSIG = 1
-# Consumer threads per lane in a process of lanes alone.
-LANE_THREADS = 2
 
 log = get_logger(__name__)
 
@@ -80,7 +78,7 @@ def main(threads: int, *, lanes_only: bool = False) -> int:
 
 def _run_lanes(runtime: Runtime, stop: threading.Event, parent: int) -> int:
     """Take the batch lanes until SIGTERM; a batch in hand is finished first."""
-    lanes = LaneThreads(runtime, per_lane=LANE_THREADS)
+    lanes = LaneThreads(runtime)
     lanes.start()
     log.info("lanes.started", pid=os.getpid())
     while not stop.wait(1.0):
