@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
+from jobs.notifications.actors import services
 from jobs.notifications.models import NotificationSend
 from jobs.notifications.send import Incoming, send_many
-from tests.test_notification_send import T0, Rig, open_rig
+from tests.test_notification_send import T0, Rig, make_rig, open_rig
 
 
 @pytest.fixture
@@ -76,3 +77,25 @@ def test_a_batch_shares_its_scripts(rig: Rig) -> None:
     send_many(rig.svc, batch, now=T0 + timedelta(seconds=1))
     assert evalsha_calls(rig) - before == 3
     assert len(rig.of("notification.deferred")) == 24
+
+
+def test_deliveries_over_the_global_rate_are_booked_a_slot_each_and_go_then(env: dict[str, str]) -> None:
+    """One a second: of five high notifications one goes now and four are held, each until a
+    slot of its own (1, 2, 3, 4 s on); released, they go without asking the limits again, so
+    each is reported deferred once, not again and again under the overload."""
+    runtime = make_rig(env, TASKMASTER_RATE_GLOBAL_PER_SECOND="1", TASKMASTER_RATE_GLOBAL_BURST="1")
+    try:
+        rig = Rig(runtime, services(runtime))
+        for n in range(5):
+            rig.user(f"u{n}")
+        send_many(rig.svc, [incoming(rig, f"n{n}", user=f"u{n}", priority="high") for n in range(5)], now=T0)
+        assert len(rig.of("notification.delivered")) == 1
+        held = rig.of("notification.deferred")
+        assert [d["reason"] for d in held] == ["rate_limit"] * 4
+        waits = sorted(datetime.fromisoformat(d["until"]).timestamp() - T0.timestamp() for d in held)
+        assert [round(w) for w in waits] == [1, 2, 3, 4]
+        assert rig.run_due(T0 + timedelta(seconds=10)) == 4
+        assert len(rig.of("notification.delivered")) == 5
+        assert len(rig.of("notification.deferred")) == 4
+    finally:
+        runtime.close()

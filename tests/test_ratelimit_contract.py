@@ -188,3 +188,21 @@ def test_a_redis_refusal_is_a_rate_limit_error(redis_client: redis.Redis) -> Non
     with pytest.raises(RateLimitError) as caught:
         limiter.acquire([("k", Rule(limit=1, period_s=1.0))])
     assert isinstance(caught.value.__cause__, redis.ResponseError)
+
+
+def test_booking_gives_each_refused_request_a_slot_of_its_own(limiter: RateLimiter) -> None:
+    """10 an hour: the eleventh and twelfth are booked the next two slots, 6 minutes apart, and
+    those slots are theirs: whoever asks next is told to wait past both."""
+    rule = Rule(limit=10, period_s=HOUR_S)
+    checks = [("user:1", rule), ("global", Rule(limit=100, period_s=HOUR_S))]
+    decisions = limiter.book_many([checks] * 12)
+    assert all(d.allowed for d in decisions[:10])
+    eleventh, twelfth = decisions[10], decisions[11]
+    assert not eleventh.allowed and not twelfth.allowed
+    assert 359.0 < eleventh.retry_after_s <= 360.0
+    assert twelfth.retry_after_s == pytest.approx(eleventh.retry_after_s + 360.0, abs=0.01)
+    after = limiter.acquire([("user:1", rule)])
+    assert not after.allowed and after.retry_after_s == pytest.approx(twelfth.retry_after_s + 360.0, abs=0.5)
+    # A booking counts on every level of its request, like an admission: 12 units of 36 s
+    ttl = limiter.backend.ttl_s("global")
+    assert ttl is not None and 431.0 < ttl <= 432.0

@@ -94,7 +94,9 @@ class CountingBackend(Backend):
         self.calls = 0
         self.decisions = 0
 
-    def decide(self, requests: Sequence[Request], *, commit: bool = True) -> list[Decision]:
+    def decide(
+        self, requests: Sequence[Request], *, commit: bool = True, book: bool = False
+    ) -> list[Decision]:
         self.calls += 1  # only the one thread in flight calls this
         self.decisions += len(requests)
         return self.inner.decide(requests, commit=commit)
@@ -130,7 +132,9 @@ class GatedBackend(CountingBackend):
         self.gate = threading.Event()
         self.batches: list[int] = []
 
-    def decide(self, requests: Sequence[Request], *, commit: bool = True) -> list[Decision]:
+    def decide(
+        self, requests: Sequence[Request], *, commit: bool = True, book: bool = False
+    ) -> list[Decision]:
         self.batches.append(len(requests))
         self.gate.wait(timeout=10)
         return super().decide(requests, commit=commit)
@@ -187,7 +191,9 @@ class FailingBackend(MemoryBackend):
         self.gate = gate
         self.failing = True
 
-    def decide(self, requests: Sequence[Request], *, commit: bool = True) -> list[Decision]:
+    def decide(
+        self, requests: Sequence[Request], *, commit: bool = True, book: bool = False
+    ) -> list[Decision]:
         if not self.failing:
             return super().decide(requests, commit=commit)
         self.gate.wait(timeout=10)

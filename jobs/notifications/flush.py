@@ -61,6 +61,9 @@ class FlushJob(BaseModel):
     # An urgent delivery held by a rate limit: its flush runs on the urgent queue, not behind
     # the ordinary backlog.
     urgent: bool = False
+    # Held for the rate limits, which booked it a slot at its release: it goes without asking
+    # again (asking again, it would find the room taken by the others held as long).
+    reserved: bool = False
 
 
 @dataclass
@@ -125,21 +128,20 @@ class Services:
 
     def rate_waits(self, user_ids: Sequence[str]) -> list[float]:
         """`rate_wait_s` for each delivery to ``user_ids``, in order, in one round trip."""
-        decisions = self.limiter.acquire_many([self._rate_checks(u) for u in user_ids])
+        decisions = self.limiter.book_many([self._rate_checks(u) for u in user_ids])
         return [0.0 if d.allowed else max(d.retry_after_s, 0.001) for d in decisions]
 
     def rate_wait_s(self, user_id: str, *, patience_s: float = 0.0) -> float:
-        """0 when a delivery to the user may go now (and is counted), else seconds to wait.
+        """0 when a delivery to the user may go now (and is counted), else seconds until the
+        slot the rate limits booked for it (`delay_for_rate` holds it until then).
 
         With ``patience_s``, a wait that ends within it is slept here instead (an urgent delivery
         a moment over the global rate goes in milliseconds, not through the due-time store).
         """
         checks = self._rate_checks(user_id)
-        if patience_s > 0:
-            decision = self.limiter.wait(checks, timeout_s=patience_s)
-        else:
-            decision = self.limiter.acquire(checks)
-        return 0.0 if decision.allowed else max(decision.retry_after_s, 0.001)
+        if patience_s > 0 and self.limiter.wait(checks, timeout_s=patience_s).allowed:
+            return 0.0
+        return self.rate_waits([user_id])[0]
 
 
 def iso(instant: datetime | None) -> str | None:
@@ -273,7 +275,7 @@ def delay_for_rate(
     now: datetime,
 ) -> None:
     until = now + timedelta(seconds=wait_s)
-    svc.put_flush(due_key, job, until)
+    svc.put_flush(due_key, job.model_copy(update={"reserved": True}), until)
     metrics.RATE_LIMIT_DELAYS.labels(job.channel).inc()
     metrics.RATE_LIMIT_DELAY_SECONDS.observe(wait_s)
     record(
@@ -320,7 +322,7 @@ def flush(svc: Services, emit: Emit, job: FlushJob, *, owner: str, now: datetime
             if decision.action == "hold":
                 _hold(svc, emit, job, due_key, batch.items, decision)
                 return
-        wait_s = svc.rate_wait_s(job.user_id)
+        wait_s = 0.0 if job.reserved else svc.rate_wait_s(job.user_id)
         if wait_s > 0:
             delay_for_rate(svc, emit, job, due_key, batch.items, wait_s, now)
             return
@@ -371,7 +373,8 @@ def _hold(
     svc: Services, emit: Emit, job: FlushJob, due_key: str, items: Sequence[DigestItem], d: ChannelDecision
 ) -> None:
     assert d.until is not None
-    svc.put_flush(due_key, job, d.until)
+    # Held past its booked slot: the rate limits are asked again at the new release.
+    svc.put_flush(due_key, job.model_copy(update={"reserved": False}), d.until)
     svc.state.set_close(job.batch_key, job.batch_id, d.until)
     record(
         svc,

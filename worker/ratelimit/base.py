@@ -114,11 +114,15 @@ class Backend(ABC):
     """Storage of GCRA state with one atomic operation: decide a batch of requests."""
 
     @abstractmethod
-    def decide(self, requests: Sequence[Request], *, commit: bool = True) -> list[Decision]:
+    def decide(
+        self, requests: Sequence[Request], *, commit: bool = True, book: bool = False
+    ) -> list[Decision]:
         """Decide ``requests`` in order, each all-or-nothing, in one step of the storage.
 
         With ``commit=False`` nothing is counted: each decision is what that request alone
-        would get now (a peek).
+        would get now (a peek). With ``book``, a refused request is counted at the first slot
+        it would get: its ``retry_after_s`` is that slot, kept for it (it goes then without
+        asking again), and whoever asks next is told to wait for the slot after.
         """
 
     @abstractmethod

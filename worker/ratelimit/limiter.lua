@@ -4,7 +4,9 @@
 --
 -- KEYS: the state key of every check of every request, in request order (one TAT each, in
 --       microseconds of wall time, as an integer string, expiring when the TAT passes).
--- ARGV[1] "1" to count admitted requests, "0" to only say what each would get (peek)
+-- ARGV[1] "1" to count admitted requests, "0" to only say what each would get (peek), "2" to
+--         count admitted requests and book a refused one the first slot it would get (its TATs
+--         move on as if admitted: whoever asks next is told to wait for the slot after it)
 -- ARGV[2] the numbers of the batch in one space-separated string (one argument, not dozens:
 --         the client encodes each argument in Python, which costs more than this parse):
 --         number of requests, then for each request: cost, number of checks n, then n pairs of
@@ -19,7 +21,8 @@ end
 
 local clock = redis.call("TIME")
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local commit = ARGV[1] == "1"
+local commit = ARGV[1] ~= "0"
+local book = ARGV[1] == "2"
 local num = {}
 for word in string.gmatch(ARGV[2], "%S+") do
   num[#num + 1] = tonumber(word)
@@ -46,16 +49,16 @@ for r = 1, num[1] do
     end
     new_tats[c] = math.ceil(new_tat)
   end
+  if (wait <= 0 and commit) or (wait > 0 and book) then
+    for c = 1, n do
+      -- %.0f keeps all 16 digits of a µs timestamp, which tostring's %.14g would round.
+      redis.call("SET", KEYS[k + c - 1], string.format("%.0f", new_tats[c]),
+        "PX", math.ceil((new_tats[c] - now) / 1000))
+    end
+  end
   if wait > 0 then
     out[r] = math.ceil(wait)
   else
-    if commit then
-      for c = 1, n do
-        -- %.0f keeps all 16 digits of a µs timestamp, which tostring's %.14g would round.
-        redis.call("SET", KEYS[k + c - 1], string.format("%.0f", new_tats[c]),
-          "PX", math.ceil((new_tats[c] - now) / 1000))
-      end
-    end
     out[r] = 0
   end
   k = k + n

@@ -81,12 +81,17 @@ class RateLimiter:
             return self.backend.decide([request])[0]
         return self._combined(request)
 
-    def acquire_many(self, requests: Sequence[Sequence[Check]], cost: int = 1) -> list[Decision]:
-        """``acquire`` for each of ``requests``, in order, in one round trip (a caller with many
-        decisions at hand: a batch of notifications)."""
+    def book_many(self, requests: Sequence[Sequence[Check]], cost: int = 1) -> list[Decision]:
+        """For each of ``requests``, in order, in one round trip: admitted now, or booked the
+        first slot it would get (``retry_after_s``), which it then takes without asking again.
+
+        A caller that holds what was refused and asks again on release would find the room
+        taken by others held as long, all told to come back at the same moment: under a
+        sustained overload each would be refused and held again and again.
+        """
         wanted = [Request(tuple(checks), cost) for checks in requests]
         asked = [r for r in wanted if r.checks]
-        answers = iter(self.backend.decide(asked) if asked else [])
+        answers = iter(self.backend.decide(asked, book=True) if asked else [])
         return [next(answers) if r.checks else ALLOWED for r in wanted]
 
     def peek(self, checks: Sequence[Check], cost: int = 1) -> Decision:

@@ -33,13 +33,15 @@ class MemoryBackend(Backend):
         with self._lock:
             return len(self._tats)
 
-    def decide(self, requests: Sequence[Request], *, commit: bool = True) -> list[Decision]:
+    def decide(
+        self, requests: Sequence[Request], *, commit: bool = True, book: bool = False
+    ) -> list[Decision]:
         with self._lock:
             now = self._clock_us()
             self._sweep(now)
-            return [self._decide(request, now, commit) for request in requests]
+            return [self._decide(request, now, commit, book) for request in requests]
 
-    def _decide(self, request: Request, now: int, commit: bool) -> Decision:
+    def _decide(self, request: Request, now: int, commit: bool, book: bool) -> Decision:
         wait = 0.0
         new_tats: list[tuple[str, int]] = []
         for key, rule in request.checks:
@@ -47,10 +49,10 @@ class MemoryBackend(Backend):
             new_tat = tat + request.cost * rule.interval_us
             wait = max(wait, new_tat - rule.capacity_us - now)
             new_tats.append((key, math.ceil(new_tat)))
+        if (wait <= 0 and commit) or (wait > 0 and book):
+            self._tats.update(new_tats)
         if wait > 0:
             return Decision(False, math.ceil(wait) / 1_000_000)
-        if commit:
-            self._tats.update(new_tats)
         return ALLOWED
 
     def _sweep(self, now: int) -> None:

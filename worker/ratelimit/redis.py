@@ -43,7 +43,9 @@ class RedisBackend(Backend):
     def redis_key(self, key: str) -> str:
         return self._base + key
 
-    def decide(self, requests: Sequence[Request], *, commit: bool = True) -> list[Decision]:
+    def decide(
+        self, requests: Sequence[Request], *, commit: bool = True, book: bool = False
+    ) -> list[Decision]:
         if not requests:
             return []
         redis_keys: list[str] = []
@@ -54,7 +56,8 @@ class RedisBackend(Backend):
                 redis_keys.append(self._base + key)
                 numbers.append(_rule_numbers(rule))
         with _translated():
-            waits = self._script(keys=redis_keys, args=["1" if commit else "0", " ".join(numbers)])
+            mode = "2" if book else "1" if commit else "0"
+            waits = self._script(keys=redis_keys, args=[mode, " ".join(numbers)])
         return [ALLOWED if wait == 0 else Decision(False, int(wait) / 1_000_000) for wait in waits]
 
     def ttl_s(self, key: str) -> float | None:
