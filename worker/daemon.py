@@ -188,16 +188,17 @@ class Daemon:
             self.scheduler = Scheduler(runtime, self.settings.schedules_file)
             self.scheduler.start()
         if self.role in ("all", "worker"):
-            self.workers = WorkerProcesses(
-                self.processes, self.threads, self.environ, lanes=self.settings.lane_processes
-            )
+            # No lanes process where no job type has a lane (TASKMASTER_JOB_MODULES without
+            # notifications): it would have nothing to do.
+            lanes = self.settings.lane_processes if runtime.registry.lanes() else 0
+            self.workers = WorkerProcesses(self.processes, self.threads, self.environ, lanes=lanes)
             self.workers.start()
         log.info(
             "daemon.started",
             role=self.role,
             processes=self.processes if self.workers else 0,
             threads=self.threads,
-            lane_processes=self.settings.lane_processes if self.workers else 0,
+            lane_processes=self.workers.lanes if self.workers else 0,
             http=f"{self.http.address[0]}:{self.http.address[1]}",
             redis="embedded" if self.settings.embedded_redis else "configured",
         )

@@ -10,8 +10,8 @@ while the previous batch ran); idle, a job is taken as soon as it arrives.
 
 Dramatiq handles one message per worker thread: its per-message costs (fetch and ack scripts,
 middleware) and the job's own round trips, paid a thousand times a second, cost more than the
-work. Dramatiq has no batch consumer, nor any of the well-kept Python task queues (Celery's
-batches are an unmaintained contrib module); Redis streams give what a lane needs: consumer
+work. Dramatiq has no batch consumer (Celery has one, as the celery-batches package, for
+Celery's own workers), hence this module; Redis streams give what a lane needs: consumer
 groups, acknowledgement, and the pending entries of a consumer that died.
 
 What a batch does not finish stays pending in the group: a consumer that stops, or dies, leaves
