@@ -55,7 +55,7 @@ CLAIM_IDLE_S = 30.0
 CLAIM_INTERVAL_S = 5.0
 # After a small batch, the wait before the next read (Kafka's linger, in its words).
 LINGER_S = 0.005
-BLOCK_MS = 1000
+BLOCK_MS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,6 @@ class LaneJob:
     job: JobRef
     data: Any  # the job type's model, validated
     submitted_ms: int
-    stream_id: str
 
     @property
     def idempotency_key(self) -> str:
@@ -141,7 +140,7 @@ class Lane:
             if raw is None:  # deleted meanwhile (an entry claimed from Redis 6.2 answers so)
                 continue
             try:
-                jobs.append(self._parse(stream_id, raw))
+                jobs.append(self._parse(raw))
             except Exception as exc:
                 # The intake validated it: only a model changed by an upgrade between intake
                 # and here gets here. Dramatiq's path reports it and keeps it as a dead letter.
@@ -169,13 +168,12 @@ class Lane:
         pipe.execute()
         return len(entries)
 
-    def _parse(self, stream_id: str, raw: bytes) -> LaneJob:
+    def _parse(self, raw: bytes) -> LaneJob:
         job = json.loads(raw)
         return LaneJob(
             job=JobRef(type=job["type"], id=job.get("id"), entry=job.get("entry")),
             data=self.job_type.model.model_validate(job["data"], context=self._context),
             submitted_ms=int(job["submitted_ms"]),
-            stream_id=stream_id,
         )
 
     def _unreadable_record(self, raw: bytes) -> Pending:
@@ -211,7 +209,7 @@ class Lane:
                 if now >= self._next_claim:
                     self._next_claim = now + CLAIM_INTERVAL_S
                     self.claim_stale()
-                taken = self.poll_once(block_ms=min(BLOCK_MS, 500))
+                taken = self.poll_once()
                 if 0 < taken < BATCH // 4:
                     # A small batch: let a few more arrive before the next one (its round trips
                     # and scripts cost the same for 2 jobs as for 30).
