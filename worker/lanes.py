@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -38,7 +38,7 @@ from dramatiq import Middleware
 from worker import metrics
 from worker.events import JobRef
 from worker.logging import get_logger
-from worker.submit import Committer, Pending, build_message
+from worker.submit import Committer, Pending, job_record
 
 if TYPE_CHECKING:
     from worker.registry import JobType
@@ -186,14 +186,19 @@ class Lane:
 
     def _record(self, data: dict[str, Any], ref: JobRef, submitted_ms: int) -> Pending:
         """A Dramatiq message of its own on the type's queue. No idempotency key (the intake
-        took it) and no intake entry to acknowledge (the intake did)."""
-        queue = self.job_type.queue
-        message_id, message = build_message(
-            self.job_type, data, queue=queue, job_id=ref.id, entry=ref.entry, submitted_ms=submitted_ms
+        took it) and no intake entry to acknowledge (the intake did): the message names its
+        entry, the record none."""
+        record = job_record(
+            self.runtime.keys,
+            self.job_type,
+            data,
+            queue=self.job_type.queue,
+            idempotency_key=None,
+            job_id=ref.id,
+            entry=ref.entry,
+            submitted_ms=submitted_ms,
         )
-        keys = self.runtime.keys
-        fields = ("", keys.queue(queue), keys.queue_messages(queue), message_id, message, "", "")
-        return Pending("job", "", fields)
+        return replace(record, entry="")
 
     def run(self, stop: threading.Event) -> None:
         """Take batches until ``stop`` is set; wait out Redis outages with backoff."""

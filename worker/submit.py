@@ -39,6 +39,13 @@ class Pending:
     fields: tuple[str | bytes, ...]
 
 
+def job_fields(
+    job_type: JobType[Any], *, job_id: str | None, entry: str | None, submitted_ms: int
+) -> dict[str, Any]:
+    """Which submitted job a message carries (worker/events.py's JobRef, and its time)."""
+    return {"type": job_type.name, "id": job_id, "entry": entry, "submitted_ms": submitted_ms}
+
+
 def build_message(
     job_type: JobType[Any],
     data: dict[str, Any],
@@ -54,7 +61,7 @@ def build_message(
     ``schedule`` names the schedules.yaml entry that fired the job, if any.
     """
     message_id = str(uuid.uuid4())
-    job: dict[str, Any] = {"type": job_type.name, "id": job_id, "entry": entry, "submitted_ms": submitted_ms}
+    job = job_fields(job_type, job_id=job_id, entry=entry, submitted_ms=submitted_ms)
     if schedule is not None:
         job["schedule"] = schedule
     options: dict[str, Any] = {"redis_message_id": message_id, "job": job}
@@ -115,7 +122,7 @@ def lane_record(
     submitted_ms: int,
 ) -> Pending:
     """A job for its type's batch lane (worker/lanes.py) instead of a Dramatiq queue."""
-    job = {"type": job_type.name, "id": job_id, "entry": entry, "submitted_ms": submitted_ms, "data": data}
+    job = {**job_fields(job_type, job_id=job_id, entry=entry, submitted_ms=submitted_ms), "data": data}
     return Pending(
         "lane",
         entry,

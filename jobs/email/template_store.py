@@ -170,8 +170,6 @@ def latest_templates(runtime: Runtime) -> LatestTemplates:
     with _latest_lock:
         cache = _latest.get(id(runtime))
         if cache is None:
-            cache = _latest[id(runtime)] = LatestTemplates(
-                runtime.redis, f"{runtime.keys.prefix}:templates:token"
-            )
+            cache = _latest[id(runtime)] = LatestTemplates(runtime.redis, runtime.keys.templates_token)
             weakref.finalize(runtime, _latest.pop, id(runtime), None)
         return cache

@@ -253,15 +253,8 @@ class NotifState:
             sent=_text(fields.get("m:sent", b"0")) == "1",
         )
 
-    def read_close(self, key: str) -> tuple[str, datetime] | None:
-        """(batch id, close time) of the open batch at ``key``."""
-        batch_id, close_ms = self._client.hmget(key, ["m:id", "m:close"])
-        if batch_id is None or close_ms is None:
-            return None
-        return _text(batch_id), from_ms(int(close_ms))
-
     def read_closes(self, keys: Sequence[str]) -> list[tuple[str, datetime] | None]:
-        """`read_close` of each key, in one round trip."""
+        """(batch id, close time) of the open batch at each key (None: none), in one round trip."""
         pipe = self._client.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(key, ["m:id", "m:close"])
