@@ -20,7 +20,7 @@ from typing import Any
 from worker.errors import ConfigError, SchemaBehind
 from worker.logging import get_logger
 from worker.registry import load_checked
-from worker.runtime import Runtime
+from worker.runtime import Runtime, settle_heap
 from worker.settings import Settings
 
 log = get_logger(__name__)
@@ -193,6 +193,7 @@ class Daemon:
             lanes = self.settings.lane_processes if runtime.registry.lanes() else 0
             self.workers = WorkerProcesses(self.processes, self.threads, self.environ, lanes=lanes)
             self.workers.start()
+        settle_heap()
         log.info(
             "daemon.started",
             role=self.role,

@@ -24,7 +24,7 @@ from worker.errors import ConfigError
 from worker.lanes import LaneThreads
 from worker.logging import configure_logging, get_logger
 from worker.registry import load_job_modules
-from worker.runtime import Runtime
+from worker.runtime import Runtime, settle_heap
 from worker.settings import load_settings
 
 _PR_SET_PDEATHSIG = 1
@@ -64,6 +64,7 @@ def main(threads: int, *, lanes_only: bool = False) -> int:
 
     broker = build_broker(runtime, on_memory_limit=on_memory_limit, lanes=settings.lane_processes == 0)
     worker = Worker(broker, worker_threads=threads, worker_timeout=100)
+    settle_heap()
     worker.start()
     log.info("worker.started", pid=os.getpid(), threads=threads)
     while not stop.wait(1.0):
@@ -79,6 +80,7 @@ def main(threads: int, *, lanes_only: bool = False) -> int:
 def _run_lanes(runtime: Runtime, stop: threading.Event, parent: int) -> int:
     """Take the batch lanes until SIGTERM; a batch in hand is finished first."""
     lanes = LaneThreads(runtime)
+    settle_heap()
     lanes.start()
     log.info("lanes.started", pid=os.getpid())
     while not stop.wait(1.0):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -18,6 +19,19 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from worker.db.group import GroupCommit
+
+
+def settle_heap() -> None:
+    """Once a process has started: move what it has built so far (modules, settings, compiled
+    scripts and queries, ~230,000 objects) out of the garbage collector's view, for good.
+
+    They live as long as the process, and every full collection scanned them all: 60-140 ms
+    pauses in the lanes process, each stalling a batch's decisions, every few seconds under
+    load. Afterwards a full collection looks at what came later (5-15 ms). Python's documented
+    use of ``gc.freeze`` is before a fork; the pause it saves here is the same.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass
