@@ -93,3 +93,30 @@ def test_an_erased_user_leaves_no_token_behind(rig: Rig) -> None:
     run(rig, delete_user, "user.delete", UserDelete(user_id="u1"))
     rig.send(T0, "n2")  # late: the user is erased
     assert not list(rig.runtime.redis.scan_iter(match="*notif:profile:*"))
+
+
+def test_an_erasure_during_a_first_read_leaves_no_token_and_no_stale_profile(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user is erased while a notification reads their profile for the first time: the read
+    may still see them (the two were concurrent), but no token names them afterwards and the
+    next notification sees the erasure."""
+    import jobs.notifications.profiles as profiles
+
+    run(rig, upsert_user, "user.upsert", UserUpsert(user_id="u1", email="ada@example.com", timezone="UTC"))
+    rig.runtime.redis.delete(rig.svc.state.keys.profile("u1"))  # as after the token's hour
+    real_load = profiles.load_profile
+
+    def load_then_erase(engine: Any, user_id: str) -> Any:
+        profile = real_load(engine, user_id)
+        monkeypatch.setattr(profiles, "load_profile", real_load)
+        run(rig, delete_user, "user.delete", UserDelete(user_id="u1"))
+        return profile
+
+    monkeypatch.setattr(profiles, "load_profile", load_then_erase)
+    rig.send(T0, "n1")
+    assert not list(rig.runtime.redis.scan_iter(match="*notif:profile:*"))
+    rig.send(T0, "n2")
+    failed = [e for kind, e in rig.events if kind == "notification.failed"]
+    assert {e["reason"] for e in failed} == {"user_erased"}
+    assert {tuple(e["notification_ids"]) for e in failed} == {("n2",)}

@@ -157,22 +157,38 @@ class ProfileCache:
         if hit is not None and hit[0] == token:
             self._entries[user_id] = (token, hit[1], now)
             return hit[1]
+        if not token:
+            return self._first_read(engine, user_id)
         profile = load_profile(engine, user_id)
         if profile is None or profile.erased:
             # Unknown, or erased: nothing is kept, and no key naming the user comes back.
             self._entries.pop(user_id, None)
             return profile
-        if not token:
-            # No token yet: make one. A write's token that came first wins, and this read, which
-            # may predate that write, is not kept.
-            token = uuid.uuid4().hex
-            if not self._client.set(self._keys.profile(user_id), token, nx=True, ex=TOKEN_TTL_S):
-                self._entries.pop(user_id, None)
-                return profile
+        self._keep(user_id, token, profile, now)
+        return profile
+
+    def _first_read(self, engine: Engine, user_id: str) -> Profile | None:
+        """A user without a token: make one before reading, and keep the read only when the
+        token is still ours after it. Made after the read, the token could outlive a
+        `user.delete` committed in between (it removes the token): a key naming an erased
+        user, and the profile before the erasure cached under it for an hour."""
+        self._entries.pop(user_id, None)
+        key = self._keys.profile(user_id)
+        mine = uuid.uuid4().hex
+        if not self._client.set(key, mine, nx=True, ex=TOKEN_TTL_S):
+            return load_profile(engine, user_id)  # a write's token came first: read, keep nothing
+        profile = load_profile(engine, user_id)
+        if profile is None or profile.erased:
+            self._client.delete(key)  # no key names an unknown or erased user
+            return profile
+        if self._client.get(key) == mine.encode():
+            self._keep(user_id, mine, profile, time.monotonic())
+        return profile
+
+    def _keep(self, user_id: str, token: str, profile: Profile, now: float) -> None:
         if len(self._entries) >= CACHE_MAX:
             self._entries.clear()
         self._entries[user_id] = (token, profile, now)
-        return profile
 
     def _sweep(self, now: float) -> None:
         """Drop the entries no one read lately (an erased user's among them)."""
