@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,8 +36,21 @@ class JobRef:
 current_job: ContextVar[JobRef | None] = ContextVar("current_job", default=None)
 
 
+_last_iso: tuple[int, str] = (0, "")
+
+
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The time in UTC to the millisecond; formatted once per millisecond (a batch reports
+    dozens of events within one)."""
+    global _last_iso
+    ms = time.time_ns() // 1_000_000
+    last = _last_iso
+    if last[0] == ms:
+        return last[1]
+    at = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
+    text = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    _last_iso = (ms, text)
+    return text
 
 
 def encode_event(event_type: str, data: dict[str, Any], job: JobRef | None) -> str:

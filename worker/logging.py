@@ -88,13 +88,20 @@ def redact(value: Any, depth: int = 0) -> Any:
     """Return ``value`` with every secret-looking part replaced, walking into containers."""
     if depth > 8:
         return value
-    if isinstance(value, str):
+    kind = type(value)
+    # Exact types first: events and log lines are mostly short strings in plain dicts and lists.
+    if kind is str or isinstance(value, str):
         return redact_text(value)
-    if isinstance(value, Mapping):
-        return {
-            k: (REDACTED if isinstance(k, str) and v and is_secret_key(k) else redact(v, depth + 1))
-            for k, v in value.items()
-        }
+    if kind is dict or isinstance(value, Mapping):
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            if isinstance(k, str) and v and is_secret_key(k):
+                out[k] = REDACTED
+            else:
+                out[k] = redact_text(v) if type(v) is str else redact(v, depth + 1)
+        return out
+    if kind is list:
+        return [redact(v, depth + 1) for v in value]
     if isinstance(value, list | tuple):
         return type(value)(redact(v, depth + 1) for v in value)
     if isinstance(value, BaseException):
