@@ -11,6 +11,7 @@ import pytest
 from jobs.notifications.actors import services
 from jobs.notifications.models import NotificationSend
 from jobs.notifications.send import Incoming, send_many
+from jobs.notifications.state import Ask
 from tests.test_notification_send import T0, Rig, make_rig, open_rig
 
 
@@ -99,3 +100,21 @@ def test_deliveries_over_the_global_rate_are_booked_a_slot_each_and_go_then(env:
         assert len(rig.of("notification.deferred")) == 4
     finally:
         runtime.close()
+
+
+def test_the_scripts_build_the_keys_python_names(rig: Rig) -> None:
+    """The batch scripts build their keys from NotifKeys.root and the ids they are sent: the very
+    keys NotifKeys names, whatever an envelope id holds (quotes, a line break, non-ASCII)."""
+    rig.user("u.1:x")
+    odd = 'n "1"\\\nüñ😀'
+    sent = incoming(rig, odd, user="u.1:x", title="Report due")
+    send_many(rig.svc, [sent], now=T0)
+    keys, client = rig.svc.state.keys, rig.runtime.redis
+    assert client.exists(keys.done(sent.idempotency_key, "email"))
+    assert client.exists(keys.batch("u.1:x", "email"))
+    assert client.hget(keys.where(odd), "email") == f"{keys.batch('u.1:x', 'email')}\nid:{odd}".encode()
+    [snapshot] = rig.svc.state.snapshot([Ask("u.1:x", ["email"], sent.idempotency_key)])
+    assert snapshot.done == {"email"} and snapshot.digests["email"].size == 1
+    assert snapshot.token == client.get(keys.profile("u.1:x")).decode()
+    [event] = rig.of("notification.deferred")
+    assert event["notification_ids"] == [odd]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jobs.notifications.models import Channel
 
@@ -10,34 +10,40 @@ from jobs.notifications.models import Channel
 @dataclass(frozen=True, slots=True)
 class NotifKeys:
     prefix: str
+    # What every key below starts with. The batch scripts of state.lua take it and build the
+    # profile, done, batch and where keys themselves, in these shapes.
+    root: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", f"{self.prefix}:notif:")
 
     def batch(self, user_id: str, channel: Channel) -> str:
         """Hash: the open batch of one user and channel (items and ``m:*`` meta fields)."""
-        return f"{self.prefix}:notif:batch:{user_id}:{channel}"
+        return f"{self.root}batch:{user_id}:{channel}"
 
     def direct(self, delivery_id: str) -> str:
         """Hash: one delivery waiting for the rate limiter, in the shape of a batch."""
-        return f"{self.prefix}:notif:direct:{delivery_id}"
+        return f"{self.root}direct:{delivery_id}"
 
     def flushing(self, batch_id: str) -> str:
         """Hash: a batch claimed by a flush, kept until its delivery is handed on."""
-        return f"{self.prefix}:notif:flushing:{batch_id}"
+        return f"{self.root}flushing:{batch_id}"
 
     def caps(self, user_id: str, channel: Channel) -> str:
         """Sorted set: the user's deliveries on a channel in the last day (member -> ms)."""
-        return f"{self.prefix}:notif:caps:{user_id}:{channel}"
+        return f"{self.root}caps:{user_id}:{channel}"
 
     def where(self, notification_id: str) -> str:
         """Hash: channel -> "<batch key>\\n<field>" of a held notification, for cancel by id."""
-        return f"{self.prefix}:notif:where:{notification_id}"
+        return f"{self.root}where:{notification_id}"
 
     def profile(self, user_id: str) -> str:
         """String: a token naming the current version of the user's profile (ProfileCache)."""
-        return f"{self.prefix}:notif:profile:{user_id}"
+        return f"{self.root}profile:{user_id}"
 
     def done(self, idempotency_key: str, channel: Channel) -> str:
         """Marks a channel of a notification.send as handled, so a retry skips it."""
-        return f"{self.prefix}:notif:done:{idempotency_key}:{channel}"
+        return f"{self.root}done:{idempotency_key}:{channel}"
 
     @staticmethod
     def flush_due(user_id: str, channel: Channel) -> str:

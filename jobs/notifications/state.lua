@@ -4,28 +4,32 @@
 
 --- add
 -- Puts items into batches, in order, each as if added by a script of its own.
--- KEYS: for each item its batch and its notification's where-hash. ARGV: for each item 10 values:
--- field, item, new_id, now_ms, close_ms, max_items, user, channel, where_ttl_ms, direct.
+-- ARGV[1]: the keys' root (NotifKeys.root); ARGV[2]: JSON, for each item 11 strings: its batch's
+-- key, field, new_id, now_ms, close_ms, max_items, user, channel, where_ttl_ms, direct and the
+-- notification's id (its where-hash is root .. 'where:' .. id); then each item's JSON, in order.
+-- Keys go as values, not KEYS: sending a batch's hundreds of arguments one by one cost more than
+-- the script.
 -- Returns for each item: batch id, close ms, 1 when the close is new or earlier, items.
+local root = ARGV[1]
 local out = {}
-for i = 1, #KEYS, 2 do
-  local batch, where = KEYS[i], KEYS[i + 1]
-  local a = (i - 1) * 5
-  local field, now_ms, max_items = ARGV[a + 1], tonumber(ARGV[a + 4]), tonumber(ARGV[a + 6])
+for i, a in ipairs(cjson.decode(ARGV[2])) do
+  local batch, field, item = a[1], a[2], ARGV[2 + i]
+  local now_ms, max_items = tonumber(a[4]), tonumber(a[6])
+  local where = root .. 'where:' .. a[11]
   local created = 0
   if redis.call('EXISTS', batch) == 0 then
-    redis.call('HSET', batch, 'm:id', ARGV[a + 3], 'm:opened', ARGV[a + 4], 'm:close', ARGV[a + 5],
-      'm:n', 0, 'm:received', 0, 'm:user', ARGV[a + 7], 'm:channel', ARGV[a + 8], 'm:direct', ARGV[a + 10])
+    redis.call('HSET', batch, 'm:id', a[3], 'm:opened', a[4], 'm:close', a[5],
+      'm:n', 0, 'm:received', 0, 'm:user', a[7], 'm:channel', a[8], 'm:direct', a[10])
     created = 1
   end
   if redis.call('HEXISTS', batch, field) == 0 then
     redis.call('HINCRBY', batch, 'm:n', 1)
   end
-  redis.call('HSET', batch, field, ARGV[a + 2])
+  redis.call('HSET', batch, field, item)
   redis.call('HINCRBY', batch, 'm:received', 1)
   local meta = redis.call('HMGET', batch, 'm:n', 'm:close', 'm:id')
   local n, close = tonumber(meta[1]), tonumber(meta[2])
-  local want = tonumber(ARGV[a + 5])
+  local want = tonumber(a[5])
   if n >= max_items then want = math.min(want, now_ms) end
   local moved = created
   if want < close then
@@ -33,8 +37,8 @@ for i = 1, #KEYS, 2 do
     redis.call('HSET', batch, 'm:close', close)
     moved = 1
   end
-  redis.call('HSET', where, ARGV[a + 8], batch .. '\n' .. field)
-  redis.call('PEXPIRE', where, ARGV[a + 9])
+  redis.call('HSET', where, a[8], batch .. '\n' .. field)
+  redis.call('PEXPIRE', where, a[9])
   out[#out + 1] = meta[3]
   out[#out + 1] = close
   out[#out + 1] = moved
@@ -101,33 +105,36 @@ end
 return {admitted, hour, day, hour_room, day_room}
 
 --- snapshot
--- KEYS: for each notification the user's profile token, then for each of its channels the job's
--- done mark on it and the user's batch on it. ARGV: each notification's number of channels.
+-- ARGV[1]: the keys' root; ARGV[2]: JSON, for each notification [user, its job's idempotency
+-- key, [channel, ...]]. Reads the user's profile token, then for each channel the job's done mark
+-- on it and the user's batch on it.
 -- Returns for each notification its token ('' when none), then for each channel: 1 when done,
 -- the batch's opening ms (-1: no batch), its size.
+local root = ARGV[1]
 local out = {}
-local k = 1
-for j = 1, #ARGV do
-  out[#out + 1] = redis.call('GET', KEYS[k]) or ''
-  k = k + 1
-  for _ = 1, tonumber(ARGV[j]) do
-    out[#out + 1] = redis.call('EXISTS', KEYS[k])
-    local meta = redis.call('HMGET', KEYS[k + 1], 'm:opened', 'm:n')
+for _, ask in ipairs(cjson.decode(ARGV[2])) do
+  local user, job = ask[1], ask[2]
+  out[#out + 1] = redis.call('GET', root .. 'profile:' .. user) or ''
+  for _, channel in ipairs(ask[3]) do
+    out[#out + 1] = redis.call('EXISTS', root .. 'done:' .. job .. ':' .. channel)
+    local meta = redis.call('HMGET', root .. 'batch:' .. user .. ':' .. channel, 'm:opened', 'm:n')
     out[#out + 1] = tonumber(meta[1]) or -1
     out[#out + 1] = tonumber(meta[2]) or 0
-    k = k + 2
   end
 end
 return out
 
 --- report
--- KEYS: the events stream, then the done mark of each (job, channel) decided.
--- ARGV: the stream's approximate max length, the marks' TTL (s), then each event's JSON.
+-- KEYS[1]: the events stream. ARGV: its approximate max length, the marks' TTL (s), the keys'
+-- root, JSON [[job's idempotency key, channel], ...] of the marks to set, then the events, one
+-- JSON text per line (compact JSON has no line breaks).
 -- Publishes the events and sets the marks together: a job never reports a channel twice.
-for i = 3, #ARGV do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
+local published = 0
+for event in string.gmatch(ARGV[5], '[^\n]+') do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', event)
+  published = published + 1
 end
-for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], '1', 'EX', ARGV[2])
+for _, mark in ipairs(cjson.decode(ARGV[4])) do
+  redis.call('SET', ARGV[3] .. 'done:' .. mark[1] .. ':' .. mark[2], '1', 'EX', ARGV[2])
 end
-return #ARGV - 2
+return published

@@ -162,14 +162,8 @@ class NotifState:
     def snapshot(self, asks: Sequence[Ask]) -> list[Snapshot]:
         """In one script, for each notification: the user's profile token ('' when none), the
         channels its job already handled, and the user's open digests on its channels."""
-        keys: list[str] = []
-        counts: list[int] = []
-        for ask in asks:
-            keys.append(self.keys.profile(ask.user_id))
-            for channel in ask.channels:
-                keys += (self.keys.done(ask.idempotency_key, channel), self.keys.batch(ask.user_id, channel))
-            counts.append(len(ask.channels))
-        replies = self._scripts["snapshot"](keys=keys, args=counts)
+        spec = [[ask.user_id, ask.idempotency_key, list(ask.channels)] for ask in asks]
+        replies = self._scripts["snapshot"](args=[self.keys.root, _json(spec)])
         out: list[Snapshot] = []
         at = 0
         for ask in asks:
@@ -195,8 +189,10 @@ class NotifState:
     ) -> None:
         """Publish jobs' events (encoded) and mark each (idempotency key, channel) of ``done``,
         in one atomic step."""
-        keys = [events.stream, *(self.keys.done(key, channel) for key, channel in done)]
-        self._scripts["report"](keys=keys, args=[events.maxlen, ttl_s, *payloads])
+        self._scripts["report"](
+            keys=[events.stream],
+            args=[events.maxlen, ttl_s, self.keys.root, _json(done), "\n".join(payloads)],
+        )
 
     def add(self, request: AddRequest) -> Added:
         """Put an item into the batch at ``request.key`` (opening it when there is none)."""
@@ -207,23 +203,25 @@ class NotifState:
         other."""
         if not requests:
             return []
-        keys: list[str] = []
-        args: list[Any] = []
-        for r in requests:
-            keys += (r.key, self.keys.where(r.item.notification_id))
-            args += (
+        spec = [
+            (
+                r.key,
                 item_field(r.item),
-                encode_item(r.item),
                 uuid.uuid4().hex,
-                to_ms(r.now),
-                to_ms(r.close_at),
-                r.max_items,
+                str(to_ms(r.now)),
+                str(to_ms(r.close_at)),
+                str(r.max_items),
                 r.user_id,
                 r.channel,
-                int(r.where_ttl_s * 1000),
+                str(int(r.where_ttl_s * 1000)),
                 "1" if r.direct else "0",
+                r.item.notification_id,
             )
-        result = self._scripts["add"](keys=keys, args=args)
+            for r in requests
+        ]
+        result = self._scripts["add"](
+            args=[self.keys.root, _json(spec), *(encode_item(r.item) for r in requests)]
+        )
         return [
             Added(_text(result[i]), from_ms(int(result[i + 1])), bool(result[i + 2]), int(result[i + 3]))
             for i in range(0, len(result), 4)
@@ -317,6 +315,11 @@ class NotifState:
                 day_room_at=None if day_room < 0 else from_ms(day_room),
             ),
         )
+
+
+def _json(value: Any) -> str:
+    """Arguments for the batch scripts' cjson: UTF-8 as it is, compact."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _text(value: Any) -> str:
