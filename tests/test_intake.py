@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import redis
 
 from tests.helpers import read_stream
-from worker.intake import Intake
+from worker.intake import LINGER_S, SMALL_BATCH, Intake
 from worker.registry import load_job_modules
 from worker.runtime import Runtime
 from worker.settings import Settings, load_settings
@@ -179,3 +180,43 @@ def test_settled_entries_are_trimmed_pending_ones_kept(runtime: Runtime, redis_c
     assert intake.trim_settled() == 3
     assert [e.decode() for e, _ in redis_client.xrange("taskmaster:intake")] == [stuck, unread]
     assert intake.poll_once(block_ms=10) == 1
+
+
+class _Recorded(threading.Event):
+    """A stop event that notes the intake's waits; the first one stops it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        self.set()
+        return True
+
+
+@pytest.mark.parametrize(("jobs", "waits"), [(2, [LINGER_S]), (SMALL_BATCH, [])])
+def test_a_small_batch_lingers_before_the_next_read(
+    runtime: Runtime,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    jobs: int,
+    waits: list[float],
+) -> None:
+    """After a batch of a few jobs the intake waits a moment for more, so that the next batch's
+    read and script serve several; after a larger one it reads again at once."""
+    for n in range(jobs):
+        xadd(redis_client, json.dumps({**GOOD, "id": f"j{n}"}))
+    intake = Intake(runtime, "test")
+    stop = _Recorded()
+    poll = intake.poll_once
+
+    def once(block_ms: int = 1000) -> int:
+        taken = poll(block_ms=block_ms)
+        monkeypatch.setattr(intake, "poll_once", lambda block_ms=0: stop.set() or 0)  # then stop
+        return taken
+
+    monkeypatch.setattr(intake, "poll_once", once)
+    intake.run(stop)
+    assert stop.waits == waits
+    assert len(queued(redis_client)) == jobs
