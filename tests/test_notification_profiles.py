@@ -105,18 +105,54 @@ def test_an_erasure_during_a_first_read_leaves_no_token_and_no_stale_profile(
 
     run(rig, upsert_user, "user.upsert", UserUpsert(user_id="u1", email="ada@example.com", timezone="UTC"))
     rig.runtime.redis.delete(rig.svc.state.keys.profile("u1"))  # as after the token's hour
-    real_load = profiles.load_profile
+    real_load = profiles.load_profiles
 
-    def load_then_erase(engine: Any, user_id: str) -> Any:
-        profile = real_load(engine, user_id)
-        monkeypatch.setattr(profiles, "load_profile", real_load)
+    def load_then_erase(engine: Any, user_ids: Any) -> Any:
+        loaded = real_load(engine, user_ids)
+        monkeypatch.setattr(profiles, "load_profiles", real_load)
         run(rig, delete_user, "user.delete", UserDelete(user_id="u1"))
-        return profile
+        return loaded
 
-    monkeypatch.setattr(profiles, "load_profile", load_then_erase)
+    monkeypatch.setattr(profiles, "load_profiles", load_then_erase)
     rig.send(T0, "n1")
     assert not list(rig.runtime.redis.scan_iter(match="*notif:profile:*"))
     rig.send(T0, "n2")
     failed = [e for kind, e in rig.events if kind == "notification.failed"]
     assert {e["reason"] for e in failed} == {"user_erased"}
     assert {tuple(e["notification_ids"]) for e in failed} == {("n2",)}
+
+
+def test_a_batch_reads_the_profiles_it_lacks_in_one_query(rig: Rig) -> None:
+    """Six users, none cached (three with a token from their upsert, three whose token lapsed):
+    one query for all their profiles; the next batch reads none."""
+    from jobs.notifications.models import NotificationSend
+    from jobs.notifications.send import Incoming, send_many
+
+    for n in range(6):
+        run(
+            rig,
+            upsert_user,
+            "user.upsert",
+            UserUpsert(user_id=f"u{n}", email=f"u{n}@example.com", timezone="UTC"),
+        )
+    rig.runtime.redis.delete(*(rig.svc.state.keys.profile(f"u{n}") for n in range(3)))
+
+    def batch(tag: str) -> list[Incoming]:
+        return [
+            Incoming(
+                NotificationSend.model_validate({"user_id": f"u{n}", "category": "c", "title": "t"}),
+                f"{tag}{n}",
+                f"id:{tag}{n}",
+                int(T0.timestamp() * 1000),
+                rig.emit,
+            )
+            for n in range(6)
+        ]
+
+    queries = profile_queries(rig)
+    assert send_many(rig.svc, batch("a"), now=T0) == []
+    assert len(queries) == 1
+    assert send_many(rig.svc, batch("b"), now=T0) == []
+    assert len(queries) == 1
+    deferred = {e["notification_ids"][0] for kind, e in rig.events if kind == "notification.deferred"}
+    assert deferred == {f"{tag}{n}" for tag in "ab" for n in range(6)}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -47,10 +47,14 @@ _USER = (
         PreferencesRow.user_id.label("has_preferences"),
     )
     .outerjoin(PreferencesRow, PreferencesRow.user_id == User.id)
-    .where(User.id == bindparam("user_id"))
+    .where(User.id.in_(bindparam("user_ids", expanding=True)))
 )
 
-_TOKENS = select(PushToken.token).where(PushToken.user_id == bindparam("user_id")).order_by(PushToken.id)
+_TOKENS = (
+    select(PushToken.user_id, PushToken.token)
+    .where(PushToken.user_id.in_(bindparam("user_ids", expanding=True)))
+    .order_by(PushToken.id)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,21 +74,35 @@ class Profile:
 
 def load_profile(engine: Engine, user_id: str) -> Profile | None:
     """The user's profile, or None for a user no `user.upsert` (or `user.delete`) has named."""
+    return load_profiles(engine, [user_id]).get(user_id)
+
+
+def load_profiles(engine: Engine, user_ids: Collection[str]) -> dict[str, Profile]:
+    """The profiles of these users, in two queries whatever their number; a user no `user.upsert`
+    (or `user.delete`) has named is left out."""
+    if not user_ids:
+        return {}
+    ids = list(user_ids)
     with engine.connect() as connection:
-        row = connection.execute(_USER, {"user_id": user_id}).one_or_none()
-        if row is None:
-            return None
-        tokens = connection.execute(_TOKENS, {"user_id": user_id}).scalars().all()
-    return Profile(
-        user_id=row.id,
-        email=row.email,
-        name=row.name,
-        timezone=_zone(row.timezone),
-        locale=row.locale,
-        preferences=preferences_from_row(row) if row.has_preferences is not None else Preferences(),
-        push_tokens=tuple(tokens),
-        erased=row.erased_at is not None,
-    )
+        rows = connection.execute(_USER, {"user_ids": ids}).all()
+        if not rows:
+            return {}
+        tokens: dict[str, list[str]] = {}
+        for owner, token in connection.execute(_TOKENS, {"user_ids": [row.id for row in rows]}):
+            tokens.setdefault(owner, []).append(token)
+    return {
+        row.id: Profile(
+            user_id=row.id,
+            email=row.email,
+            name=row.name,
+            timezone=_zone(row.timezone),
+            locale=row.locale,
+            preferences=preferences_from_row(row) if row.has_preferences is not None else Preferences(),
+            push_tokens=tuple(tokens.get(row.id, ())),
+            erased=row.erased_at is not None,
+        )
+        for row in rows
+    }
 
 
 def preferences_from_row(row: Row[Any] | PreferencesRow) -> Preferences:
@@ -150,40 +168,73 @@ class ProfileCache:
 
     def get(self, engine: Engine, user_id: str, token: str) -> Profile | None:
         """The profile, from the cache when ``token`` (read from Redis just now) is its token."""
+        return self.get_many(engine, [(user_id, token)]).get(user_id)
+
+    def get_many(self, engine: Engine, wanted: Iterable[tuple[str, str]]) -> dict[str, Profile | None]:
+        """The profiles of (user, token read from Redis just now) pairs: each from the cache when
+        the token is its token, the others read together (a batch's users, at a cold start or
+        after their tokens' hour, cost two queries instead of two each)."""
         now = time.monotonic()
         if now >= self._next_sweep:
             self._sweep(now)
-        hit = self._entries.get(user_id) if token else None
-        if hit is not None and hit[0] == token:
-            self._entries[user_id] = (token, hit[1], now)
-            return hit[1]
-        if not token:
-            return self._first_read(engine, user_id)
-        profile = load_profile(engine, user_id)
-        if profile is None or profile.erased:
-            # Unknown, or erased: nothing is kept, and no key naming the user comes back.
-            self._entries.pop(user_id, None)
-            return profile
-        self._keep(user_id, token, profile, now)
-        return profile
+        out: dict[str, Profile | None] = {}
+        stale: dict[str, str] = {}  # user -> token, for a token the cache does not hold
+        first: list[str] = []  # users with no token yet
+        for user_id, token in wanted:
+            if user_id in out or user_id in stale or user_id in first:
+                continue
+            hit = self._entries.get(user_id) if token else None
+            if hit is not None and hit[0] == token:
+                self._entries[user_id] = (token, hit[1], now)
+                out[user_id] = hit[1]
+            elif token:
+                stale[user_id] = token
+            else:
+                first.append(user_id)
+        if not stale and not first:
+            return out
+        # A user without a token gets one before the read, and the read is kept only when the
+        # token is still ours after it. Made after the read, the token could outlive a
+        # `user.delete` committed in between (it removes the token): a key naming an erased
+        # user, and the profile before the erasure cached under it for an hour.
+        mine = self._make_tokens(first)
+        loaded = load_profiles(engine, [*stale, *first])
+        ours = self._still_ours(mine)
+        gone: list[str] = []
+        for user_id in [*stale, *first]:
+            profile = loaded.get(user_id)
+            out[user_id] = profile
+            if profile is None or profile.erased:
+                # Unknown, or erased: nothing is kept, and no key naming the user comes back.
+                self._entries.pop(user_id, None)
+                if user_id in mine:
+                    gone.append(user_id)
+            elif user_id in stale:
+                self._keep(user_id, stale[user_id], profile, now)
+            elif user_id in ours:
+                self._keep(user_id, mine[user_id], profile, now)
+            else:  # a write's token came first, or replaced ours: read, keep nothing
+                self._entries.pop(user_id, None)
+        if gone:
+            self._client.delete(*(self._keys.profile(user_id) for user_id in gone))
+        return out
 
-    def _first_read(self, engine: Engine, user_id: str) -> Profile | None:
-        """A user without a token: make one before reading, and keep the read only when the
-        token is still ours after it. Made after the read, the token could outlive a
-        `user.delete` committed in between (it removes the token): a key naming an erased
-        user, and the profile before the erasure cached under it for an hour."""
-        self._entries.pop(user_id, None)
-        key = self._keys.profile(user_id)
-        mine = uuid.uuid4().hex
-        if not self._client.set(key, mine, nx=True, ex=TOKEN_TTL_S):
-            return load_profile(engine, user_id)  # a write's token came first: read, keep nothing
-        profile = load_profile(engine, user_id)
-        if profile is None or profile.erased:
-            self._client.delete(key)  # no key names an unknown or erased user
-            return profile
-        if self._client.get(key) == mine.encode():
-            self._keep(user_id, mine, profile, time.monotonic())
-        return profile
+    def _make_tokens(self, user_ids: Sequence[str]) -> dict[str, str]:
+        """A new token for each user that has none (SET NX): user -> the token we set."""
+        if not user_ids:
+            return {}
+        made = {user_id: uuid.uuid4().hex for user_id in user_ids}
+        pipe = self._client.pipeline(transaction=False)
+        for user_id, token in made.items():
+            pipe.set(self._keys.profile(user_id), token, nx=True, ex=TOKEN_TTL_S)
+        return {user_id: made[user_id] for user_id, ok in zip(made, pipe.execute(), strict=True) if ok}
+
+    def _still_ours(self, mine: dict[str, str]) -> set[str]:
+        if not mine:
+            return set()
+        current = self._client.mget([self._keys.profile(user_id) for user_id in mine])
+        pairs = zip(mine.items(), current, strict=True)
+        return {user_id for (user_id, token), found in pairs if found == token.encode()}
 
     def _keep(self, user_id: str, token: str, profile: Profile, now: float) -> None:
         if len(self._entries) >= CACHE_MAX:

@@ -106,9 +106,14 @@ def send_many(svc: Services, batch: Sequence[Incoming], *, now: datetime | None 
     waiting: list[Incoming] = []
     plans: list[_Plan] = []
     joins: list[AddRequest] = []
+    profiles = svc.profiles.get_many(
+        svc.runtime.reader,
+        [(i.notification.user_id, s.token) for i, s in zip(batch, snapshots, strict=True)],
+    )
     latencies: list[float] = []
     for incoming, snapshot in zip(batch, snapshots, strict=True):
-        plan = _decide(svc, incoming, snapshot, now, waiting)
+        profile = profiles[incoming.notification.user_id]
+        plan = _decide(svc, incoming, profile, snapshot, now, waiting)
         # Decision latency: from the batch's start, its shared snapshot included, to this one.
         latencies.append(time.perf_counter() - started)
         if plan is None:
@@ -167,12 +172,16 @@ def send_many(svc: Services, batch: Sequence[Incoming], *, now: datetime | None 
 
 
 def _decide(
-    svc: Services, incoming: Incoming, snapshot: Snapshot, now: datetime, waiting: list[Incoming]
+    svc: Services,
+    incoming: Incoming,
+    profile: Profile | None,
+    snapshot: Snapshot,
+    now: datetime,
+    waiting: list[Incoming],
 ) -> _Plan | None:
     """The decision on the channels this job has not handled yet; None when there is nothing to
     do (all handled, or the user is unknown or erased: reported, or put in ``waiting``)."""
     notification = incoming.notification
-    profile = svc.profiles.get(svc.runtime.reader, notification.user_id, snapshot.token)
     if profile is None or profile.erased:
         waited_s = now.timestamp() - incoming.submitted_ms / 1000
         if profile is None and waited_s < svc.runtime.settings.not_ready_max_age:
