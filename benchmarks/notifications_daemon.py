@@ -15,7 +15,8 @@ trace; users with default preferences: every channel on, 5-minute digest window)
      window, per second of it; the received counter of /metrics; whether the backlog drained
      (goal: 1,000/s sustained);
   2. decision latency p50/p99 estimated from the buckets of
-     `taskmaster_notification_decision_seconds` (goal: p99 < 5 ms including Redis), and the
+     `taskmaster_notification_decision_seconds` (goal: p99 < 5 ms including Redis), over the
+     whole run and again without its first quarter (while the profile caches fill), and the
      submission-to-start histogram `taskmaster_job_start_latency_seconds` per queue;
   3. urgent notifications at the channel: from the intake entry's id (ms) to the
      `notification.delivered` event of the email channel, and to the mtime of the .eml file in
