@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 import redis
@@ -220,3 +221,20 @@ def test_a_small_batch_lingers_before_the_next_read(
     intake.run(stop)
     assert stop.waits == waits
     assert len(queued(redis_client)) == jobs
+
+
+def test_the_intake_forgets_consumers_of_processes_long_gone(
+    runtime: Runtime, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    xadd(redis_client, json.dumps({**GOOD, "id": "past"}))
+    past = Intake(runtime, "host-1")  # a run before this one, that settled all it took
+    past.ensure_group()
+    past.poll_once(block_ms=10)
+    time.sleep(0.05)
+    intake = Intake(runtime, "host-2")
+    monkeypatch.setattr("worker.streams.FORGET_IDLE_S", 0.04)
+    xadd(redis_client, json.dumps(GOOD))
+    stop = _Recorded()
+    intake.run(stop)
+    consumers = {c["name"] for c in redis_client.xinfo_consumers("taskmaster:intake", "taskmaster-worker")}
+    assert consumers == {b"host-2"}

@@ -19,6 +19,7 @@ import redis
 from worker import metrics
 from worker.logging import get_logger
 from worker.runtime import Runtime
+from worker.streams import forget_idle_consumers
 from worker.submit import DUPLICATE, REJECTED, Committer, Pending, job_record, lane_record, reject_record
 from worker.validation import Rejection, validate_entry
 
@@ -195,6 +196,9 @@ class Intake:
                     self._next_claim = now + CLAIM_INTERVAL_S
                     self.claim_stale()
                     self.trim_settled()
+                    forget_idle_consumers(
+                        self.runtime.redis, self.keys.intake, self.keys.intake_group, keep=self.consumer
+                    )
                 if 0 < self.poll_once(block_ms=500) < SMALL_BATCH:
                     stop.wait(LINGER_S)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:

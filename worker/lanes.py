@@ -38,6 +38,7 @@ from dramatiq import Middleware
 from worker import metrics
 from worker.events import JobRef
 from worker.logging import get_logger
+from worker.streams import forget_idle_consumers
 from worker.submit import Committer, Pending, job_record
 
 if TYPE_CHECKING:
@@ -214,6 +215,7 @@ class Lane:
                 if now >= self._next_claim:
                     self._next_claim = now + CLAIM_INTERVAL_S
                     self.claim_stale()
+                    forget_idle_consumers(self.runtime.redis, self.stream, self.group, keep=self.consumer)
                 taken = self.poll_once()
                 if 0 < taken < BATCH // 4:
                     # A small batch: let a few more arrive before the next one (its round trips
