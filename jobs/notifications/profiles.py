@@ -1,13 +1,14 @@
 """The read side of users: one user's profile as the notification path needs it.
 
-A load is two primary-key lookups through statements built once (136 us of CPU on SQLite);
-``ProfileCache`` saves most of them on the hot path. A profile is cached under a token that
-Redis keeps per user (``NotifKeys.profile``) and that every write of the user's profile replaces
-(``touch``: user.upsert, also for a user whose device moved to another, and preferences.update;
-user.delete removes it with every key naming the user). The notification path reads the token in
-the script it runs anyway (the snapshot), so a cached profile costs no round trip and is never
-older than the last write it could see. A device FCM reports unregistered does not replace it:
-push.send reads the devices afresh, so a cached list only decides whether a push is tried.
+A load is two primary-key lookups through statements built once, for one user (136 us of CPU on
+SQLite) or for a batch's users at once; ``ProfileCache`` saves most of them on the hot path. A
+profile is cached under a token that Redis keeps per user (``NotifKeys.profile``) and that every
+write of the user's profile replaces (``touch``: user.upsert, also for a user whose device moved
+to another, and preferences.update; user.delete removes it with every key naming the user). The
+notification path reads the token in the script it runs anyway (the snapshot), so a cached
+profile costs no round trip and is never older than the last write it could see. A device FCM
+reports unregistered does not replace it: push.send reads the devices afresh, so a cached list
+only decides whether a push is tried.
 """
 
 from __future__ import annotations
