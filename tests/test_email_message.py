@@ -60,8 +60,9 @@ def summary(message: EmailMessage) -> dict[str, object]:
         {"html": None},
         {"text": None},
         {"cc": (), "reply_to": None, "extra_headers": {}, "subject": "plain ascii", "text": "short\n"},
+        {"subject": "an ASCII subject too long for one line " * 4, "extra_headers": {"X-Long": "y " * 60}},
     ],
-    ids=["both-bodies", "text-only", "html-only", "ascii"],
+    ids=["both-bodies", "text-only", "html-only", "ascii", "ascii-folded"],
 )
 def test_as_bytes_reads_back_like_the_mime_message(fields: dict[str, object]) -> None:
     message = outgoing(**fields)
@@ -76,3 +77,14 @@ def test_an_internationalised_address_is_written_as_it_is() -> None:
     """SMTPUTF8 (RFC 6531): the address itself cannot be encoded; the modern policy writes it."""
     message = outgoing(to=("jörg@exämple.com",))
     assert summary(parsed(message.as_bytes()))["To"] == "jörg@exämple.com"
+
+
+def test_a_body_holding_the_boundary_makes_the_generator_pick_another() -> None:
+    """The boundary comes from the Message-ID; a 7bit body that happens to hold it must not cut
+    the message into parts the sender never wrote."""
+    boundary = outgoing(text="x\n")._boundary()
+    assert boundary is not None
+    forged = f"x\n--{boundary}\nContent-Type: text/html\n\nnot a part\n"
+    message = outgoing(cc=(), extra_headers={}, subject="s", text=forged, html="<p>real</p>")
+    assert summary(parsed(message.as_bytes())) == summary(parsed(message.mime.as_bytes()))
+    assert str(summary(parsed(message.as_bytes()))["plain"]).replace("\r\n", "\n") == forged

@@ -5,7 +5,8 @@ header registry): measured at two thirds of the CPU of a batch job and a fifth o
 email's, for HTTP APIs that take the same fields as JSON anyway. So an ``Outgoing`` keeps the
 fields, and builds the MIME message only when a provider needs one: ``mime`` for SMTP (smtplib's
 ``send_message`` takes it, SMTPUTF8 included), ``as_bytes`` for the outbox, through the
-standard library's older API (compat32), which parses nothing: 0.4 ms an email instead of 1.4.
+standard library's older API (compat32), which parses nothing, with short ASCII headers written
+unfolded and a boundary of our own: 0.3 ms an email (text and HTML) instead of 1.4.
 """
 
 from __future__ import annotations
@@ -22,16 +23,37 @@ from email.message import EmailMessage
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.mime.text import MIMEText
-from email.policy import SMTP, compat32
+from email.policy import SMTP, Compat32
 from email.utils import format_datetime, formataddr, getaddresses
 from functools import cached_property
+from typing import Any
 
 from jobs.email.models import EmailSend
 
 MESSAGE_ID_DOMAIN = "taskmaster-worker"
 # RFC 5322 2.1.1: no line longer than 998 characters, CRLF excluded.
 MAX_LINE = 998
-_CRLF = compat32.clone(linesep="\r\n")
+
+
+class _Outbox(Compat32):
+    """compat32 with CRLF line ends, writing a short ASCII header as it is: folding it (a
+    ``Header`` made, split and joined again, for a line that needs no fold) was a third of
+    ``as_bytes``. Anything else is folded as compat32 folds it."""
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        limit = self.max_line_length
+        if (
+            type(value) is str
+            and value.isascii()
+            and (limit is None or len(name) + len(value) + 2 <= limit)
+            and "\n" not in value
+            and "\r" not in value
+        ):
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
+
+
+_CRLF = _Outbox(linesep="\r\n")
 _UTF8_QP = Charset("utf-8")
 _UTF8_QP.body_encoding = QP
 
@@ -73,7 +95,9 @@ class Outgoing:
         parts = [_text_part(body, subtype) for body, subtype in ((self.text, "plain"), (self.html, "html"))]
         present = [part for part in parts if part is not None]
         message: MIMEMultipart | MIMENonMultipart = (
-            present[0] if len(present) == 1 else MIMEMultipart("alternative", _subparts=present)
+            present[0]
+            if len(present) == 1
+            else MIMEMultipart("alternative", boundary=self._boundary(), _subparts=present)
         )
         message["From"] = _addresses(self.sender)
         message["To"] = _addresses(*self.to)
@@ -90,6 +114,15 @@ class Outgoing:
         out = io.BytesIO()
         BytesGenerator(out, policy=_CRLF).flatten(message)
         return out.getvalue()
+
+    def _boundary(self) -> str | None:
+        """The multipart boundary, from the Message-ID: the generator's own is random and checked
+        with a regular expression compiled per message. None (the generator's) in the unlikely
+        case that a body holds it. An encoded body cannot: quoted-printable writes "=" as "=3D"."""
+        boundary = "=_" + hashlib.sha256(self.message_id.encode()).hexdigest()[:32]
+        if any(boundary in body for body in (self.text, self.html) if body is not None):
+            return None
+        return boundary
 
     @cached_property
     def mime(self) -> EmailMessage:
