@@ -10,10 +10,11 @@ import pytest
 import redis
 
 from tests.helpers import read_stream
-from worker.intake import LINGER_S, SMALL_BATCH, Intake
+from worker.intake import Intake
 from worker.registry import load_job_modules
 from worker.runtime import Runtime
 from worker.settings import Settings, load_settings
+from worker.streams import LINGER_S, SMALL_BATCH
 
 GOOD = {"type": "email.send", "data": {"to": "a@example.com", "subject": "Hi", "text": "Hello"}}
 

@@ -19,18 +19,13 @@ import redis
 from worker import metrics
 from worker.logging import get_logger
 from worker.runtime import Runtime
-from worker.streams import forget_idle_consumers
+from worker.streams import forget_idle_consumers, linger_after
 from worker.submit import DUPLICATE, REJECTED, Committer, Pending, job_record, lane_record, reject_record
 from worker.validation import Rejection, validate_entry
 
 log = get_logger(__name__)
 
 CLAIM_INTERVAL_S = 5.0
-# After a batch of fewer than SMALL_BATCH jobs, the wait before the next read (as the lanes do):
-# a batch's read, script and acknowledgement cost about the same for 2 jobs as for 10. At 1,000
-# jobs/s batches of ~2 became ~6. Adds at most this to a job's wait, and only under a trickle.
-LINGER_S = 0.005
-SMALL_BATCH = 8
 
 
 class Intake:
@@ -199,8 +194,7 @@ class Intake:
                     forget_idle_consumers(
                         self.runtime.redis, self.keys.intake, self.keys.intake_group, keep=self.consumer
                     )
-                if 0 < self.poll_once(block_ms=500) < SMALL_BATCH:
-                    stop.wait(LINGER_S)
+                linger_after(self.poll_once(block_ms=500), stop)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if self.healthy:
                     log.warning("intake.redis_unavailable", error=str(exc))

@@ -38,7 +38,7 @@ from dramatiq import Middleware
 from worker import metrics
 from worker.events import JobRef
 from worker.logging import get_logger
-from worker.streams import forget_idle_consumers
+from worker.streams import forget_idle_consumers, linger_after
 from worker.submit import Committer, Pending, job_record
 
 if TYPE_CHECKING:
@@ -54,8 +54,6 @@ BATCH = 32
 # A pending entry idle this long belongs to a consumer that stopped or died: another takes it.
 CLAIM_IDLE_S = 30.0
 CLAIM_INTERVAL_S = 5.0
-# After a small batch, the wait before the next read (Kafka's linger, in its words).
-LINGER_S = 0.005
 BLOCK_MS = 500
 
 
@@ -216,11 +214,7 @@ class Lane:
                     self._next_claim = now + CLAIM_INTERVAL_S
                     self.claim_stale()
                     forget_idle_consumers(self.runtime.redis, self.stream, self.group, keep=self.consumer)
-                taken = self.poll_once()
-                if 0 < taken < BATCH // 4:
-                    # A small batch: let a few more arrive before the next one (its round trips
-                    # and scripts cost the same for 2 jobs as for 30).
-                    stop.wait(LINGER_S)
+                linger_after(self.poll_once(), stop)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if healthy:
                     log.warning("lane.redis_unavailable", lane=self.job_type.name, error=str(exc))
